@@ -1,0 +1,113 @@
+"""Run a grid: validate everything, prepare the data once, then train every (variant, seed) cell
+under one MLflow parent run. Cells whose config_hash already has a FINISHED run in the experiment
+are skipped (resume after an interruption by running the same command again).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from core.config import Experiments, Profile, RunConfig
+from core.data import load_split, resolve_root, train_stats
+from core.engine import Data, train
+from core.toggles import NAMED, REGISTRY, as_dict
+from .grids import Variant, expand
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Cell:
+    variant: Variant
+    config: RunConfig
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant.name}/seed{self.config.seed}"
+
+
+@dataclass
+class GridOutcome:
+    parent_id: str = ""
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    results: dict = field(default_factory=dict)
+
+
+def plan(experiments: Experiments, grid: str, profile: str, seeds: int) -> list[Cell]:
+    if seeds < 1:
+        from core.config import ConfigError
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    prof = experiments.profile(profile)
+    variants = expand(experiments, grid)
+    return [Cell(v, RunConfig(prof, v.toggles, seed)) for seed in range(seeds) for v in variants]
+
+
+def load_data(profile: Profile, data_root: str | None = None, cache: str | None = None) -> Data:
+    root = resolve_root(profile.dataset, data_root)
+    train_split = load_split(root, "train", profile.prep_size, max_per_class=profile.max_per_class, cache=cache)
+    val_split = load_split(root, "val", profile.prep_size, classes=train_split.classes,
+                           max_per_class=profile.max_per_class, cache=cache)
+    return Data(train_split, val_split, train_stats(train_split))
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def child_params(cfg: RunConfig, data: Data) -> dict:
+    p = cfg.profile
+    toggles = as_dict(cfg.toggles)
+    params = {name: toggles[name] for name in REGISTRY}
+    params["epochs"] = cfg.epochs          # the real count; the toggle's choice is `epochs_choice`
+    params.update(epochs_choice=cfg.toggles.epochs, seed=cfg.seed, profile=p.name, dataset=p.dataset,
+                  image_size=p.image_size, width=p.width, batch_size=p.batch_size, lr=p.lr,
+                  momentum=p.momentum, weight_decay=p.weight_decay, prep_size=p.prep_size,
+                  stem=list(p.stem), lr_patience=cfg.patience, train_images=len(data.train.labels),
+                  val_images=len(data.val.labels), pca_eigval=[round(float(v), 6) for v in data.stats.eigval])
+    return params
+
+
+def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, tracker, data: Data,
+             rerun: bool = False, progress: bool = True) -> GridOutcome:
+    cells = plan(experiments, grid, profile, seeds)
+    done = set() if rerun else tracker.finished_hashes()
+    todo = [c for c in cells if c.config.hash() not in done]
+    out = GridOutcome(skipped=[c.name for c in cells if c not in todo])
+    total_epochs = sum(c.config.epochs for c in todo)
+    bar = tqdm(total=total_epochs, unit="epoch", desc=f"{grid}/{profile}", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    parent_tags = {"grid": grid, "profile": profile, "seeds": seeds, "git_commit": git_commit(),
+                   "cells": len(cells), "skipped": len(out.skipped), "role": "grid"}
+    with tracker.parent(f"{grid}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}", parent_tags,
+                        {"grid": grid, "profile": profile, "seeds": seeds}) as parent:
+        out.parent_id = parent.run_id
+        parent.log_dict({"grid": grid, "profile": profile, "seeds": seeds,
+                         "cells": [{"name": c.name, "config_hash": c.config.hash(), **c.config.resolved()}
+                                   for c in cells]}, "grid.yaml")
+        for cell in todo:
+            cfg = cell.config
+            bar.set_postfix_str(cell.name)
+            tags = {"grid": grid, "variant": cell.variant.name, "config_hash": cfg.hash(),
+                    "profile": profile, "git_commit": parent_tags["git_commit"], "role": "cell",
+                    "flipped": ",".join(f"{k}={v}" for k, v in as_dict(cfg.toggles).items()
+                                        if v != REGISTRY[k].paper) or "none"}
+            dataset = {"name": f"{cfg.profile.dataset}-{cfg.profile.prep_size}px",
+                       "digest": data.train.digest, "source": data.train.root}
+            with tracker.child(cell.name, child_params(cfg, data), tags, dataset) as run:
+                run.log_dict(cfg.resolved(), "config.yaml")
+                result = train(cfg, data, run, on_epoch=lambda e, m: bar.update(1))
+                bar.update(cfg.epochs - result.epochs_run)
+            out.ran.append(cell.name)
+            out.results[cell.name] = result
+    bar.close()
+    return out

@@ -1,0 +1,1 @@
+"""The training engine: config, toggles, data, augmentation, model, schedules, loop, tracking."""

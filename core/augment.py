@@ -1,0 +1,138 @@
+"""Batched input pipeline: lighting, input scaling, crops and flips on whole batches (§2, §4.1).
+
+Every random draw of an epoch comes from one generator seeded by (seed, epoch) and is drawn in
+full whatever the toggles, so seed k gives every variant the same order, crops, flips and
+lighting alphas (paired comparisons).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import Stats
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)   # for input_scale=unit_std (torchvision's constants)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PCA_ALPHA_STD = 0.1                     # §4.1
+RRC_SCALE, RRC_RATIO, RRC_TRIES = (0.08, 1.0), (3 / 4, 4 / 3), 10
+
+
+@dataclass(frozen=True)
+class EpochDraws:
+    """All random choices of one training epoch, indexed by position in the epoch."""
+    order: torch.Tensor     # (N,) permutation of the training set
+    offsets: torch.Tensor   # (N, 2) top-left corner of the paper crop
+    flips: torch.Tensor     # (N,) bool
+    alphas: torch.Tensor    # (N, 3) lighting coefficients ~ N(0, 0.1)
+    rrc: torch.Tensor       # (N, RRC_TRIES, 4) uniforms for RandomResizedCrop
+    fancy_seed: int         # seed of the albumentations pipeline (fancy_pca)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 12345) % (2 ** 63)
+
+
+def draw_epoch(n: int, prep: int, crop: int, seed: int, epoch: int) -> EpochDraws:
+    g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    return EpochDraws(
+        order=torch.randperm(n, generator=g),
+        offsets=torch.randint(0, prep - crop + 1, (n, 2), generator=g),
+        flips=torch.rand(n, generator=g) < 0.5,
+        alphas=torch.randn(n, 3, generator=g) * PCA_ALPHA_STD,
+        rrc=torch.rand(n, RRC_TRIES, 4, generator=g),
+        fancy_seed=int(torch.randint(0, 2 ** 31 - 1, (1,), generator=g)),
+    )
+
+
+class Pipeline:
+    """Turns uint8 (B, 3, P, P) batches into normalised float (B, 3, S, S) network inputs."""
+
+    def __init__(self, stats: Stats, crop_size: int, pca: str, crop: str, input_scale: str):
+        self.crop_size, self.pca, self.crop, self.input_scale = crop_size, pca, crop, input_scale
+        self.mean_image = torch.from_numpy(stats.mean_image)                    # (3, P, P), 0..255
+        # lighting direction per unit alpha: eigvec @ diag(eigval), in 0..255 units
+        self.lighting = torch.from_numpy(stats.eigvec * stats.eigval[None, :] * 255.0).float()  # (3, 3)
+        self.unit_mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
+        self.unit_std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
+        self._fancy = None
+
+    # -- pieces --------------------------------------------------------------------------------
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """x: float (B, 3, P, P) in 0..255 -> network scale (input_scale toggle, §2)."""
+        if self.input_scale == "paper":
+            return x - self.mean_image          # raw 0..255 minus the training mean image
+        return (x - self.unit_mean) / self.unit_std
+
+    def lighting_shift(self, alphas: torch.Tensor) -> torch.Tensor:
+        """§4.1: one RGB shift per image, eigvec @ (alpha * eigval): (B, 3) in 0..255 units."""
+        return alphas @ self.lighting.T
+
+    def fancy_pca(self, x: np.ndarray, seed: int, start: int) -> np.ndarray:
+        """The seed's albumentations FancyPCA(alpha=0.1, p=0.5), per image, on uint8 HWC."""
+        import albumentations as A
+        if self._fancy is None or self._fancy[0] != seed:
+            self._fancy = (seed, A.Compose([A.FancyPCA(alpha=0.1, p=0.5)], seed=seed))
+        out = np.empty_like(x)
+        for i in range(len(x)):
+            # reseed per image so the draw depends only on its position in the epoch
+            self._fancy[1].set_random_seed(seed + start + i)
+            out[i] = self._fancy[1](image=x[i].transpose(1, 2, 0))["image"].transpose(2, 0, 1)
+        return out
+
+    def random_resized(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """torchvision's RandomResizedCrop sampling (scale 0.08-1, ratio 3/4-4/3), from drawn uniforms."""
+        b, _, h, w = x.shape
+        s = self.crop_size
+        out = torch.empty(b, 3, s, s)
+        log_r = (math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1]))
+        for i in range(b):
+            box = (0, 0, h, w)   # fallback: the whole image
+            for t in range(RRC_TRIES):
+                area = h * w * (RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * float(u[i, t, 0]))
+                ratio = math.exp(log_r[0] + (log_r[1] - log_r[0]) * float(u[i, t, 1]))
+                cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+                if 0 < cw <= w and 0 < ch <= h:
+                    top = int(float(u[i, t, 2]) * (h - ch + 1))
+                    left = int(float(u[i, t, 3]) * (w - cw + 1))
+                    box = (top, left, ch, cw)
+                    break
+            top, left, ch, cw = box
+            out[i] = F.interpolate(x[i:i + 1, :, top:top + ch, left:left + cw], size=(s, s),
+                                   mode="bilinear", align_corners=False, antialias=True)[0]
+        return out
+
+    # -- whole batches -------------------------------------------------------------------------
+    def train_batch(self, images: np.ndarray, draws: EpochDraws, start: int) -> torch.Tensor:
+        """images: uint8 (B, 3, P, P) at epoch positions start..start+B-1 -> (B, 3, S, S) float."""
+        b = len(images)
+        sl = slice(start, start + b)
+        if self.pca == "fancy_pca":
+            images = self.fancy_pca(images, draws.fancy_seed, start)
+        x = torch.from_numpy(np.ascontiguousarray(images)).float()
+        if self.pca == "paper":
+            x += self.lighting_shift(draws.alphas[sl])[:, :, None, None]
+        x = self.normalise(x)
+        if self.crop == "paper":
+            s = self.crop_size
+            x = torch.stack([x[i, :, oy:oy + s, ox:ox + s] for i, (oy, ox) in enumerate(draws.offsets[sl].tolist())])
+        else:
+            x = self.random_resized(x, draws.rrc[sl])
+        flips = draws.flips[sl]
+        x[flips] = x[flips].flip(-1)
+        return x
+
+    def eval_views(self, images: np.ndarray, ten_crop: bool) -> torch.Tensor:
+        """Centre crop (V=1) or the paper's 10 views (four corners, centre, and their flips; §4.1):
+        returns (V, B, 3, S, S)."""
+        x = self.normalise(torch.from_numpy(np.ascontiguousarray(images)).float())
+        p, s = x.shape[-1], self.crop_size
+        c = (p - s) // 2
+        if not ten_crop:
+            return x[None, :, :, c:c + s, c:c + s]
+        corners = [(0, 0), (0, p - s), (p - s, 0), (p - s, p - s), (c, c)]
+        views = [x[:, :, y:y + s, z:z + s] for y, z in corners]
+        return torch.stack(views + [v.flip(-1) for v in views])

@@ -1,0 +1,163 @@
+"""Typed, immutable configuration loaded from experiments.yaml.
+
+A `RunConfig` is one training run: a `Profile` (scale: data, size, width, budget), the `Toggles`
+(core/toggles.py) and a seed. Derived values (epochs, crop sizes, patience) are computed here,
+never written back. Unknown keys and bad values are refused with the valid choices named.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .toggles import REGISTRY, Toggles, ToggleError, as_dict, make_toggles
+
+PAPER_EPOCHS = {"paper": 90, "seed": 120}   # §5; the seed trained 120
+PAPER_PATIENCE_AT_90 = 10                   # epochs without improvement before an lr drop, at 90 epochs
+DATASET_CLASSES = {"imagenette": 10, "imagenet": 1000}
+
+
+class ConfigError(ValueError):
+    """A bad experiments.yaml or command-line choice; the message names the valid choices."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    dataset: str = "imagenette"
+    image_size: int = 224               # training crop (paper: 224)
+    width: float = 1.0                  # channel multiplier
+    stem: tuple[int, int, int] = (11, 4, 2)   # conv1 kernel, stride, padding
+    batch_size: int = 128               # §5
+    lr: float = 0.01                    # §5 (a profile may scale lr with batch; both logged)
+    momentum: float = 0.9               # §5
+    weight_decay: float = 5e-4          # §5
+    epoch_scale: float = 1.0            # multiplies the 90 / 120 epochs
+    max_per_class: int | None = None    # subset of each class (smoke runs)
+    eval_batch_size: int = 256
+    channels_last: bool = True          # memory format; faster on this CPU (README speed table)
+    description: str = ""
+
+    @property
+    def prep_size(self) -> int:
+        """Side of the preprocessed image: 256 for 224 px crops (§2), scaled with the profile."""
+        return round(256 * self.image_size / 224)
+
+    @property
+    def num_classes(self) -> int:
+        return DATASET_CLASSES[self.dataset]
+
+    def epochs(self, choice: str) -> int:
+        return max(1, round(PAPER_EPOCHS[choice] * self.epoch_scale))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    profile: Profile
+    toggles: Toggles = field(default_factory=Toggles)
+    seed: int = 0
+
+    @property
+    def epochs(self) -> int:
+        return self.profile.epochs(self.toggles.epochs)
+
+    @property
+    def patience(self) -> int:
+        """Patience of the paper schedule, scaled to this run's epoch budget."""
+        return max(1, round(PAPER_PATIENCE_AT_90 * self.epochs / 90))
+
+    def resolved(self) -> dict[str, Any]:
+        """Everything that determines the run, plus derived values: saved as config.yaml."""
+        prof = dataclasses.asdict(self.profile)
+        prof["stem"] = list(self.profile.stem)
+        return {"seed": self.seed, "toggles": as_dict(self.toggles), "profile": prof,
+                "derived": {"epochs": self.epochs, "prep_size": self.profile.prep_size,
+                            "lr_patience": self.patience, "num_classes": self.profile.num_classes}}
+
+    def hash(self) -> str:
+        """Stable hash of the resolved config and seed (the description is not part of it)."""
+        data = self.resolved()
+        data["profile"].pop("description", None)
+        return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def check_combination(t: Toggles) -> None:
+    if t.output_bias != "paper" and t.init == "pytorch":
+        raise ConfigError("toggle output_bias='seed' only applies to the paper init (init: paper or "
+                          "paper_literal); with init: pytorch leave output_bias at 'paper'")
+
+
+def _typed(cls, data: dict, where: str):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in {where}; valid keys: {', '.join(n for n in names if n != 'name')}")
+    out = {}
+    for key, value in data.items():
+        default = names[key].default
+        if key == "stem":
+            if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) for v in value)):
+                raise ConfigError(f"{where}.stem must be [kernel, stride, padding] integers, got {value!r}")
+            value = tuple(value)
+        elif isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}.{key} must be true or false, got {value!r}")
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif default is not None and not isinstance(value, type(default)):
+            raise ConfigError(f"{where}.{key} must be {type(default).__name__}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def make_profile(name: str, data: dict) -> Profile:
+    if not isinstance(data, dict):
+        raise ConfigError(f"profile {name!r} must be a mapping of keys to values")
+    prof = Profile(name=name, **_typed(Profile, data, f"profiles.{name}"))
+    if prof.dataset not in DATASET_CLASSES:
+        raise ConfigError(f"profiles.{name}.dataset {prof.dataset!r} unknown; choices: {', '.join(DATASET_CLASSES)}")
+    return prof
+
+
+@dataclass(frozen=True)
+class Experiments:
+    """experiments.yaml: the baseline, the profiles and the grid designs."""
+    baseline: Toggles
+    profiles: dict[str, Profile]
+    grids: dict[str, dict]
+    path: str = ""
+
+    def profile(self, name: str) -> Profile:
+        if name not in self.profiles:
+            raise ConfigError(f"unknown profile {name!r}; choices: {', '.join(self.profiles)} (see {self.path})")
+        return self.profiles[name]
+
+
+def load_experiments(path: str | Path) -> Experiments:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} not found; run from the repository root or pass --config PATH")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping with keys baseline, profiles, grids")
+    # keys starting with "_" only hold YAML anchors (shared toggle sets)
+    unknown = {k for k in raw if not str(k).startswith("_")} - {"baseline", "profiles", "grids"}
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {sorted(unknown)} in {path}; valid: baseline, profiles, "
+                          f"grids (and _name keys for YAML anchors)")
+    try:
+        baseline = make_toggles(raw.get("baseline") or {}, f"{path}: baseline")
+    except ToggleError as err:
+        raise ConfigError(str(err)) from None
+    profiles = {n: make_profile(n, d) for n, d in (raw.get("profiles") or {}).items()}
+    grids = raw.get("grids") or {}
+    if not profiles or not grids:
+        raise ConfigError(f"{path} needs at least one profile and one grid")
+    return Experiments(baseline, profiles, grids, str(path))

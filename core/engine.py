@@ -1,0 +1,158 @@
+"""One training loop: build the run's model, train for its epochs, evaluate every epoch (centre
+crop) and at the end (10 crops, §4.1), and report everything through a RunLog.
+
+Metric keys (step = epoch, 1-based): train_loss, lr, val_top1_err, val_top5_err, epoch_time_s,
+images_per_s; at the end val10_top1_err, val10_top5_err.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import Pipeline, draw_epoch
+from .config import RunConfig
+from .data import Split, Stats
+from .model import LRN_ALPHA, AlexNet, Arch, init_weights
+from .schedule import Schedule, build_optimizer
+
+
+@dataclass(frozen=True)
+class Data:
+    train: Split
+    val: Split
+    stats: Stats
+
+
+@dataclass(frozen=True)
+class Result:
+    metrics: dict[str, float]     # final values
+    outcome: str                  # "learned" | "chance" | "diverged"
+    epochs_run: int
+    wall_s: float
+
+
+def arch_for(cfg: RunConfig) -> Arch:
+    p, t = cfg.profile, cfg.toggles
+    return Arch(num_classes=p.num_classes, image_size=p.image_size, width=p.width, stem=p.stem,
+                lrn=t.lrn, lrn_alpha=LRN_ALPHA[t.lrn_alpha], overlap_pool=t.overlap_pool,
+                groups=t.groups, dropout=t.dropout, final_relu=t.final_relu)
+
+
+def build_model(cfg: RunConfig) -> AlexNet:
+    """Seeded so that seed k gives the same initial weights to every variant of one architecture."""
+    torch.manual_seed(cfg.seed)
+    model = AlexNet(arch_for(cfg))
+    init_weights(model, cfg.toggles.init, output_bias=1.0 if cfg.toggles.output_bias == "seed" else 0.0)
+    if cfg.profile.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_pipeline(cfg: RunConfig, stats: Stats) -> Pipeline:
+    t = cfg.toggles
+    return Pipeline(stats, cfg.profile.image_size, pca=t.pca, crop=t.crop, input_scale=t.input_scale)
+
+
+def _to_device(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train_one_epoch(model, optimizer, pipeline: Pipeline, train: Split, batch_size: int, seed: int,
+                    epoch: int, channels_last: bool = True) -> tuple[float, int]:
+    """One pass over the training set in the epoch's drawn order; returns (mean loss, images)."""
+    model.train()
+    n = len(train.labels)
+    draws = draw_epoch(n, train.images.shape[-1], pipeline.crop_size, seed, epoch)
+    order = draws.order.numpy()
+    total, seen = 0.0, 0
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        sorted_idx = np.sort(idx)                        # memmap reads in file order
+        back = np.searchsorted(sorted_idx, idx)
+        images = np.asarray(train.images[sorted_idx])[back]
+        x = _to_device(pipeline.train_batch(images, draws, start), channels_last)
+        y = torch.from_numpy(train.labels[idx])
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(idx)
+        seen += len(idx)
+        if not math.isfinite(total):
+            return float("nan"), seen
+    return total / seen, seen
+
+
+@torch.no_grad()
+def evaluate(model, pipeline: Pipeline, split: Split, batch_size: int, ten_crop: bool = False,
+             average: str = "softmax", channels_last: bool = True) -> dict[str, float]:
+    """Top-1/top-5 error (fractions). ten_crop: the paper's 10 views, averaged as softmax outputs
+    (paper) or logits (the seed)."""
+    model.eval()
+    wrong1 = wrong5 = 0
+    n = len(split.labels)
+    for start in range(0, n, batch_size):
+        images = np.asarray(split.images[start:start + batch_size])
+        y = torch.from_numpy(split.labels[start:start + batch_size])
+        views = pipeline.eval_views(images, ten_crop)                    # (V, B, 3, S, S)
+        logits = model(_to_device(views.flatten(0, 1), channels_last)).view(*views.shape[:2], -1)
+        score = logits.softmax(-1).mean(0) if average == "softmax" else logits.mean(0)
+        top5 = score.topk(min(5, score.shape[-1]), -1).indices
+        wrong1 += (top5[:, 0] != y).sum().item()
+        wrong5 += (~(top5 == y[:, None]).any(-1)).sum().item()
+    prefix = "val10" if ten_crop else "val"
+    return {f"{prefix}_top1_err": wrong1 / n, f"{prefix}_top5_err": wrong5 / n}
+
+
+def outcome_of(final_top1: float, num_classes: int, diverged: bool) -> str:
+    if diverged:
+        return "diverged"
+    chance = 1.0 - 1.0 / num_classes
+    return "chance" if final_top1 >= chance - 0.02 else "learned"
+
+
+def train(cfg: RunConfig, data: Data, run, on_epoch=None) -> Result:
+    """Train one configuration; `run` is a tracking RunLog; on_epoch(epoch, metrics) for progress."""
+    torch.set_num_threads(int(os.environ.get("ALEXNET_THREADS", os.cpu_count() or 1)))
+    p, t = cfg.profile, cfg.toggles
+    model = build_model(cfg)
+    torch.manual_seed(cfg.seed)   # dropout stream, independent of how many draws init took
+    pipeline = build_pipeline(cfg, data.stats)
+    optimizer = build_optimizer(model.parameters(), p.lr, p.momentum, p.weight_decay)
+    schedule = Schedule(optimizer, t.lr_schedule, p.lr, cfg.patience)
+    start_wall = time.perf_counter()
+    metrics: dict[str, float] = {}
+    diverged, epoch = False, 0
+    for epoch in range(1, cfg.epochs + 1):
+        lr = schedule.lr
+        t0 = time.perf_counter()
+        loss, seen = train_one_epoch(model, optimizer, pipeline, data.train, p.batch_size, cfg.seed, epoch,
+                                     p.channels_last)
+        train_s = time.perf_counter() - t0
+        if not math.isfinite(loss):
+            diverged = True
+            run.log_metrics({"train_loss": loss, "lr": lr}, step=epoch)
+            break
+        metrics = evaluate(model, pipeline, data.val, p.eval_batch_size, channels_last=p.channels_last)
+        epoch_s = time.perf_counter() - t0
+        metrics.update(train_loss=loss, lr=lr, epoch_time_s=epoch_s, images_per_s=seen / train_s)
+        run.log_metrics(metrics, step=epoch)    # one batched call per epoch
+        schedule.step(metrics)
+        if on_epoch:
+            on_epoch(epoch, metrics)
+    if not diverged:
+        metrics.update(evaluate(model, pipeline, data.val, p.eval_batch_size, ten_crop=True,
+                                average=t.tta_average, channels_last=p.channels_last))
+        run.log_metrics({k: metrics[k] for k in ("val10_top1_err", "val10_top5_err")}, step=epoch)
+    wall = time.perf_counter() - start_wall
+    outcome = outcome_of(metrics.get("val_top1_err", 1.0), p.num_classes, diverged)
+    run.set_tags({"outcome": outcome})
+    run.log_metrics({"wall_time_s": wall}, step=epoch)
+    run.log_state_dict(model.state_dict(), "model/weights.pt")
+    return Result(metrics, outcome, epoch, wall)

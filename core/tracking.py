@@ -1,0 +1,206 @@
+"""The one module that imports MLflow. The engine and runner talk to `Tracker`/`RunLog`; tests can
+use `MemoryTracker`. Names logged here are the contract the UI and report.py rely on."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import yaml
+
+DEFAULT_EXPERIMENT = "alexnet-deviations"
+
+
+class RunLog(Protocol):
+    run_id: str
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def log_dict(self, data: dict, path: str) -> None: ...
+    def log_file(self, local: str, folder: str | None = None) -> None: ...
+    def log_state_dict(self, state: dict, path: str) -> None: ...
+
+
+class Tracker(Protocol):
+    def parent(self, name: str, tags: dict[str, Any], params: dict[str, Any]) -> contextlib.AbstractContextManager[RunLog]: ...
+    def child(self, name: str, params: dict[str, Any], tags: dict[str, Any],
+              dataset: dict[str, str] | None = None) -> contextlib.AbstractContextManager[RunLog]: ...
+    def finished_hashes(self) -> set[str]: ...
+
+
+def resolve_uri(uri: str | None) -> str | None:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else MLflow's default (None)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+# ----------------------------------------------------------------------------------------------- MLflow
+class _MlflowRun:
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, metrics, step=None):
+        import mlflow
+        from mlflow.entities import Metric
+        import time
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step or 0) for k, v in metrics.items()])
+
+    def set_tags(self, tags):
+        from mlflow.entities import RunTag
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_dict(self, data, path):
+        self.client.log_text(self.run_id, yaml.safe_dump(data, sort_keys=False), path)
+
+    def log_file(self, local, folder=None):
+        self.client.log_artifact(self.run_id, local, folder)
+
+    def log_state_dict(self, state, path):
+        import torch
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(path).name
+            torch.save(state, local)
+            self.client.log_artifact(self.run_id, str(local), str(Path(path).parent) if Path(path).parent != Path(".") else None)
+
+
+class MlflowTracker:
+    def __init__(self, experiment: str = DEFAULT_EXPERIMENT, tracking_uri: str | None = None,
+                 system_metrics: bool = True):
+        import mlflow
+        self.uri = resolve_uri(tracking_uri)
+        if self.uri:
+            mlflow.set_tracking_uri(self.uri)
+        self.experiment = experiment
+        self.experiment_id = mlflow.set_experiment(experiment).experiment_id
+        self.client = mlflow.MlflowClient()
+        self.system_metrics = system_metrics
+        self._parent_id: str | None = None
+
+    @contextlib.contextmanager
+    def _run(self, name, params, tags, nested: bool) -> Iterator[_MlflowRun]:
+        import mlflow
+        with mlflow.start_run(run_name=name, nested=nested, tags={k: str(v) for k, v in tags.items()},
+                              parent_run_id=self._parent_id if nested else None,
+                              experiment_id=self.experiment_id,
+                              log_system_metrics=self.system_metrics) as active:
+            run = _MlflowRun(self.client, active.info.run_id)
+            if params:
+                mlflow.log_params({k: str(v) for k, v in params.items()})
+            try:
+                yield run
+            except KeyboardInterrupt:
+                mlflow.end_run("KILLED")    # recorded as killed, never left RUNNING
+                raise
+
+    @contextlib.contextmanager
+    def parent(self, name, tags, params):
+        with self._run(name, params, tags, nested=False) as run:
+            self._parent_id = run.run_id
+            try:
+                yield run
+            finally:
+                self._parent_id = None
+
+    @contextlib.contextmanager
+    def child(self, name, params, tags, dataset=None):
+        with self._run(name, params, tags, nested=True) as run:
+            if dataset:
+                self._log_dataset(dataset)
+            yield run
+
+    def _log_dataset(self, dataset: dict[str, str]) -> None:
+        import mlflow
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        ds = MetaDataset(resolve_dataset_source(dataset["source"]), name=dataset["name"], digest=dataset["digest"])
+        mlflow.log_input(ds, context=dataset.get("context", "training"))
+
+    def finished_hashes(self) -> set[str]:
+        runs = self.runs(status="FINISHED")
+        return set(runs["tags.config_hash"].dropna()) if "tags.config_hash" in runs else set()
+
+    def runs(self, status: str | None = None, filter_string: str = ""):
+        """All runs of the experiment as a pandas DataFrame (mlflow.search_runs)."""
+        import mlflow
+        filters = [f for f in (filter_string, f"attributes.status = '{status}'" if status else "") if f]
+        return mlflow.search_runs([self.experiment_id], filter_string=" and ".join(filters),
+                                  max_results=100000)
+
+    def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
+
+    def log_parent_files(self, run_id: str, files: list[str], folder: str | None = None) -> None:
+        for f in files:
+            self.client.log_artifact(run_id, f, folder)
+
+    def log_parent_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        _MlflowRun(self.client, run_id).log_metrics(metrics)
+
+
+# ----------------------------------------------------------------------------------------------- memory
+@dataclass
+class MemoryRun:
+    run_id: str
+    name: str
+    params: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)      # key -> [(step, value)]
+    artifacts: dict = field(default_factory=dict)
+    status: str = "RUNNING"
+    parent_id: str | None = None
+
+    def log_metrics(self, metrics, step=None):
+        for k, v in metrics.items():
+            self.metrics.setdefault(k, []).append((step or 0, float(v)))
+
+    def set_tags(self, tags):
+        self.tags.update({k: str(v) for k, v in tags.items()})
+
+    def log_dict(self, data, path):
+        self.artifacts[path] = data
+
+    def log_file(self, local, folder=None):
+        self.artifacts[f"{folder}/{Path(local).name}" if folder else Path(local).name] = local
+
+    def log_state_dict(self, state, path):
+        self.artifacts[path] = state
+
+
+class MemoryTracker:
+    """In-memory stand-in with the same interface, for unit tests of the engine."""
+
+    def __init__(self):
+        self.runs: list[MemoryRun] = []
+        self._parent: str | None = None
+
+    @contextlib.contextmanager
+    def _run(self, name, params, tags):
+        run = MemoryRun(f"run{len(self.runs)}", name, {k: str(v) for k, v in params.items()},
+                        {k: str(v) for k, v in tags.items()}, parent_id=self._parent)
+        self.runs.append(run)
+        try:
+            yield run
+        except KeyboardInterrupt:
+            run.status = "KILLED"
+            raise
+        except BaseException:
+            run.status = "FAILED"
+            raise
+        run.status = "FINISHED"
+
+    @contextlib.contextmanager
+    def parent(self, name, tags, params):
+        with self._run(name, params, tags) as run:
+            self._parent = run.run_id
+            try:
+                yield run
+            finally:
+                self._parent = None
+
+    def child(self, name, params, tags, dataset=None):
+        return self._run(name, params, tags)
+
+    def finished_hashes(self):
+        return {r.tags.get("config_hash") for r in self.runs if r.status == "FINISHED"} - {None}

@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""Train every variant of an ablation grid and log each run to MLflow.
+
+    python run_ablation.py --grid deviations                  # demo profile, 1 seed
+    python run_ablation.py --grid deviations --profile cpu --seeds 2
+    python run_ablation.py --list                             # toggles, grids, profiles
+    mlflow ui                                                  # compare the runs
+    python report.py --grid deviations --out results.md        # the Markdown table
+
+Running the same command again skips every cell already FINISHED (same config_hash).
+Exit code 2 on bad input (unknown grid/profile/toggle, bad YAML, missing or broken data).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO))
+
+from ablations.grids import expand            # noqa: E402
+from ablations.runner import load_data, plan, run_grid   # noqa: E402
+from core.config import ConfigError, load_experiments    # noqa: E402
+from core.data import DataError                # noqa: E402
+from core.toggles import REGISTRY              # noqa: E402
+from core.tracking import DEFAULT_EXPERIMENT   # noqa: E402
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--grid", help="grid name from experiments.yaml")
+    ap.add_argument("--profile", default="demo", help="profile from experiments.yaml (default: demo)")
+    ap.add_argument("--seeds", type=int, default=1, help="repeat each variant with seeds 0..N-1 (default 1)")
+    ap.add_argument("--data-root", help="ImageFolder root with train/ and val/ "
+                                        "(else $ALEXNET_DATA_ROOT, else data/ or ../shared/datasets/)")
+    ap.add_argument("--cache-dir", help="uint8 cache folder (else $ALEXNET_CACHE_DIR, else ~/.cache/alexnet-ablation)")
+    ap.add_argument("--tracking-uri", help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, else MLflow's default)")
+    ap.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"MLflow experiment (default {DEFAULT_EXPERIMENT})")
+    ap.add_argument("--config", default=str(REPO / "experiments.yaml"), help="experiments file")
+    ap.add_argument("--rerun", action="store_true", help="train cells even if a FINISHED run has their config_hash")
+    ap.add_argument("--no-system-metrics", action="store_true", help="do not log MLflow system metrics")
+    ap.add_argument("--list", action="store_true", help="print the toggles, grids and profiles, then exit")
+    return ap
+
+
+def show(experiments) -> None:
+    print("toggles (paper value first):")
+    for t in REGISTRY.values():
+        print(f"  {t.name:13s} {' | '.join(map(str, t.choices)):40s} {t.cite:6s} {t.what}")
+    print("profiles:")
+    for p in experiments.profiles.values():
+        print(f"  {p.name:8s} {p.description}")
+    print("grids:")
+    for g, spec in experiments.grids.items():
+        print(f"  {g:15s} {len(expand(experiments, g)):3d} variants  {spec.get('description', '')}")
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        experiments = load_experiments(args.config)
+        if args.list:
+            show(experiments)
+            return 0
+        if not args.grid:
+            raise ConfigError(f"--grid is required; choices: {', '.join(experiments.grids)}")
+        cells = plan(experiments, args.grid, args.profile, args.seeds)   # validates grid, profile, toggles
+        data = load_data(cells[0].config.profile, args.data_root, args.cache_dir)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from core.tracking import MlflowTracker
+    tracker = MlflowTracker(args.experiment, args.tracking_uri, system_metrics=not args.no_system_metrics)
+    print(f"{args.grid}: {len(cells)} cells on profile {args.profile} "
+          f"({len(data.train.labels)} train / {len(data.val.labels)} val images from {data.train.root}); "
+          f"MLflow {tracker.client.tracking_uri}, experiment {args.experiment!r}", file=sys.stderr)
+    try:
+        out = run_grid(experiments, args.grid, args.profile, args.seeds, tracker, data, rerun=args.rerun)
+    except KeyboardInterrupt:
+        print("interrupted: the current run is marked KILLED; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    print(f"done: {len(out.ran)} trained, {len(out.skipped)} already finished (skipped); "
+          f"parent run {out.parent_id}. Next: mlflow ui, or python report.py --grid {args.grid}"
+          + (f" --experiment {args.experiment}" if args.experiment != DEFAULT_EXPERIMENT else ""),
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
