@@ -29,7 +29,7 @@ class EpochDraws:
     flips: torch.Tensor     # (N,) bool
     alphas: torch.Tensor    # (N, 3) lighting coefficients ~ N(0, 0.1)
     rrc: torch.Tensor       # (N, RRC_TRIES, 4) uniforms for RandomResizedCrop
-    fancy_seed: int         # seed of the albumentations pipeline (fancy_pca)
+    fancy: torch.Tensor     # (N,) bool: FancyPCA applied (p=0.5); it reuses `alphas`
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -44,7 +44,7 @@ def draw_epoch(n: int, prep: int, crop: int, seed: int, epoch: int) -> EpochDraw
         flips=torch.rand(n, generator=g) < 0.5,
         alphas=torch.randn(n, 3, generator=g) * PCA_ALPHA_STD,
         rrc=torch.rand(n, RRC_TRIES, 4, generator=g),
-        fancy_seed=int(torch.randint(0, 2 ** 31 - 1, (1,), generator=g)),
+        fancy=torch.rand(n, generator=g) < 0.5,
     )
 
 
@@ -58,7 +58,6 @@ class Pipeline:
         self.lighting = torch.from_numpy(stats.eigvec * stats.eigval[None, :] * 255.0).float()  # (3, 3)
         self.unit_mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
         self.unit_std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
-        self._fancy = None
 
     # -- pieces --------------------------------------------------------------------------------
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,16 +70,15 @@ class Pipeline:
         """§4.1: one RGB shift per image, eigvec @ (alpha * eigval): (B, 3) in 0..255 units."""
         return alphas @ self.lighting.T
 
-    def fancy_pca(self, x: np.ndarray, seed: int, start: int) -> np.ndarray:
-        """The seed's albumentations FancyPCA(alpha=0.1, p=0.5), per image, on uint8 HWC."""
-        import albumentations as A
-        if self._fancy is None or self._fancy[0] != seed:
-            self._fancy = (seed, A.Compose([A.FancyPCA(alpha=0.1, p=0.5)], seed=seed))
-        out = np.empty_like(x)
-        for i in range(len(x)):
-            # reseed per image so the draw depends only on its position in the epoch
-            self._fancy[1].set_random_seed(seed + start + i)
-            out[i] = self._fancy[1](image=x[i].transpose(1, 2, 0))["image"].transpose(2, 0, 1)
+    @staticmethod
+    def fancy_pca(x: np.ndarray, apply: torch.Tensor, alphas: torch.Tensor) -> np.ndarray:
+        """The seed's albumentations FancyPCA(alpha=0.1, p=0.5): albumentations' own per-image
+        function, with its p and alpha draws taken from the epoch's draws. x: uint8 (B, 3, P, P)."""
+        from albumentations.augmentations.pixel.functional import fancy_pca
+        out = np.array(x)
+        for i in np.flatnonzero(apply.numpy()):
+            hwc = np.ascontiguousarray(x[i].transpose(1, 2, 0))
+            out[i] = fancy_pca(hwc, alphas[i].numpy().astype(np.float32)).transpose(2, 0, 1)
         return out
 
     def random_resized(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -111,7 +109,7 @@ class Pipeline:
         b = len(images)
         sl = slice(start, start + b)
         if self.pca == "fancy_pca":
-            images = self.fancy_pca(images, draws.fancy_seed, start)
+            images = self.fancy_pca(images, draws.fancy[sl], draws.alphas[sl])
         x = torch.from_numpy(np.ascontiguousarray(images)).float()
         if self.pca == "paper":
             x += self.lighting_shift(draws.alphas[sl])[:, :, None, None]
@@ -125,14 +123,14 @@ class Pipeline:
         x[flips] = x[flips].flip(-1)
         return x
 
-    def eval_views(self, images: np.ndarray, ten_crop: bool) -> torch.Tensor:
-        """Centre crop (V=1) or the paper's 10 views (four corners, centre, and their flips; §4.1):
-        returns (V, B, 3, S, S)."""
+    def eval_views(self, images: np.ndarray, ten_crop: bool) -> list[torch.Tensor]:
+        """Centre crop (1 view) or the paper's 10 views (four corners, centre, and their flips;
+        §4.1): a list of (B, 3, S, S) tensors."""
         x = self.normalise(torch.from_numpy(np.ascontiguousarray(images)).float())
         p, s = x.shape[-1], self.crop_size
         c = (p - s) // 2
         if not ten_crop:
-            return x[None, :, :, c:c + s, c:c + s]
+            return [x[:, :, c:c + s, c:c + s]]
         corners = [(0, 0), (0, p - s), (p - s, 0), (p - s, p - s), (c, c)]
         views = [x[:, :, y:y + s, z:z + s] for y, z in corners]
-        return torch.stack(views + [v.flip(-1) for v in views])
+        return views + [v.flip(-1) for v in views]

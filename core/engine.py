@@ -98,11 +98,10 @@ def evaluate(model, pipeline: Pipeline, split: Split, batch_size: int, ten_crop:
     wrong1 = wrong5 = 0
     n = len(split.labels)
     for start in range(0, n, batch_size):
-        images = np.asarray(split.images[start:start + batch_size])
+        images = np.array(split.images[start:start + batch_size])     # a writable copy of the slice
         y = torch.from_numpy(split.labels[start:start + batch_size])
-        views = pipeline.eval_views(images, ten_crop)                    # (V, B, 3, S, S)
-        logits = model(_to_device(views.flatten(0, 1), channels_last)).view(*views.shape[:2], -1)
-        score = logits.softmax(-1).mean(0) if average == "softmax" else logits.mean(0)
+        logits = torch.stack([model(_to_device(v, channels_last)) for v in pipeline.eval_views(images, ten_crop)])
+        score = logits.softmax(-1).mean(0) if average == "softmax" else logits.mean(0)   # (B, classes)
         top5 = score.topk(min(5, score.shape[-1]), -1).indices
         wrong1 += (top5[:, 0] != y).sum().item()
         wrong5 += (~(top5 == y[:, None]).any(-1)).sum().item()

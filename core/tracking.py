@@ -3,7 +3,9 @@ use `MemoryTracker`. Names logged here are the contract the UI and report.py rel
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import warnings
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any, Iterator, Protocol
 import yaml
 
 DEFAULT_EXPERIMENT = "alexnet-deviations"
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)   # no start/stop chatter per run
 
 
 class RunLog(Protocol):
@@ -114,7 +117,10 @@ class MlflowTracker:
         import mlflow
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
-        ds = MetaDataset(resolve_dataset_source(dataset["source"]), name=dataset["name"], digest=dataset["digest"])
+        with warnings.catch_warnings():   # a local path matches MLflow's local source twice; same class
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(dataset["source"])
+        ds = MetaDataset(source, name=dataset["name"], digest=dataset["digest"])
         mlflow.log_input(ds, context=dataset.get("context", "training"))
 
     def finished_hashes(self) -> set[str]:
