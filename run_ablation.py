@@ -38,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, else MLflow's default)")
     ap.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"MLflow experiment (default {DEFAULT_EXPERIMENT})")
     ap.add_argument("--config", default=str(REPO / "experiments.yaml"), help="experiments file")
+    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     ap.add_argument("--rerun", action="store_true", help="train cells even if a FINISHED run has their config_hash")
     ap.add_argument("--no-system-metrics", action="store_true", help="do not log MLflow system metrics")
     ap.add_argument("--list", action="store_true", help="print the toggles, grids and profiles, then exit")
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
           f"({len(data.train.labels)} train / {len(data.val.labels)} val images from {data.train.root}); "
           f"MLflow {tracker.client.tracking_uri}, experiment {args.experiment!r}", file=sys.stderr)
     try:
-        out = run_grid(experiments, args.grid, args.profile, args.seeds, tracker, data, rerun=args.rerun)
+        out = run_grid(experiments, args.grid, args.profile, args.seeds, tracker, data, rerun=args.rerun, device=args.device)
     except KeyboardInterrupt:
         print("interrupted: the current run is marked KILLED; run the same command again to resume",
               file=sys.stderr)

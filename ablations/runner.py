@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from core.config import Experiments, Profile, RunConfig
 from core.data import load_split, resolve_root, train_stats
-from core.engine import Data, train
+from core.engine import Data, resolve_device, train
 from core.toggles import NAMED, REGISTRY, as_dict
 from .grids import Variant, expand
 
@@ -78,11 +78,13 @@ def child_params(cfg: RunConfig, data: Data) -> dict:
 
 
 def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, tracker, data: Data,
-             rerun: bool = False, progress: bool = True) -> GridOutcome:
+             rerun: bool = False, progress: bool = True, device: str | None = None) -> GridOutcome:
     cells = plan(experiments, grid, profile, seeds)
     done = set() if rerun else tracker.finished_hashes()
     todo = [c for c in cells if c.config.hash() not in done]
     out = GridOutcome(skipped=[c.name for c in cells if c not in todo])
+    if not todo:
+        return out   # nothing left to train: no empty parent run
     total_epochs = sum(c.config.epochs for c in todo)
     bar = tqdm(total=total_epochs, unit="epoch", desc=f"{grid}/{profile}", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
@@ -103,9 +105,10 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
                                         if v != REGISTRY[k].paper) or "none"}
             dataset = {"name": f"{cfg.profile.dataset}-{cfg.profile.prep_size}px",
                        "digest": data.train.digest, "source": data.train.root}
-            with tracker.child(cell.name, child_params(cfg, data), tags, dataset) as run:
+            params = {**child_params(cfg, data), "device": str(resolve_device(device)), "precision": cfg.profile.precision}
+            with tracker.child(cell.name, params, tags, dataset) as run:
                 run.log_dict(cfg.resolved(), "config.yaml")
-                result = train(cfg, data, run, on_epoch=lambda e, m: bar.update(1))
+                result = train(cfg, data, run, on_epoch=lambda e, m: bar.update(1), device=device)
                 bar.update(cfg.epochs - result.epochs_run)
             out.ran.append(cell.name)
             out.results[cell.name] = result

@@ -49,7 +49,8 @@ def draw_epoch(n: int, prep: int, crop: int, seed: int, epoch: int) -> EpochDraw
 
 
 class Pipeline:
-    """Turns uint8 (B, 3, P, P) batches into normalised float (B, 3, S, S) network inputs."""
+    """Turns uint8 (B, 3, P, P) batches into normalised float (B, 3, S, S) network inputs, on
+    whatever device the batch and the pipeline live on (`to(device)`)."""
 
     def __init__(self, stats: Stats, crop_size: int, pca: str, crop: str, input_scale: str):
         self.crop_size, self.pca, self.crop, self.input_scale = crop_size, pca, crop, input_scale
@@ -58,12 +59,20 @@ class Pipeline:
         self.lighting = torch.from_numpy(stats.eigvec * stats.eigval[None, :] * 255.0).float()  # (3, 3)
         self.unit_mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
         self.unit_std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
+        self.device = torch.device("cpu")
+
+    def to(self, device) -> "Pipeline":
+        self.device = torch.device(device)
+        for name in ("mean_image", "lighting", "unit_mean", "unit_std"):
+            setattr(self, name, getattr(self, name).to(self.device))
+        return self
 
     # -- pieces --------------------------------------------------------------------------------
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """x: float (B, 3, P, P) in 0..255 -> network scale (input_scale toggle, §2)."""
-        if self.input_scale == "paper":
-            return x - self.mean_image          # raw 0..255 minus the training mean image
+    def normalise(self, x: torch.Tensor, mean_image: torch.Tensor | None = None) -> torch.Tensor:
+        """x: float (B, 3, H, W) in 0..255 -> network scale (input_scale toggle, §2). mean_image:
+        the training mean at the same pixels as x (default: the whole P x P mean image)."""
+        if self.input_scale == "paper":   # raw 0..255 minus the training mean image
+            return x - (self.mean_image if mean_image is None else mean_image)
         return (x - self.unit_mean) / self.unit_std
 
     def lighting_shift(self, alphas: torch.Tensor) -> torch.Tensor:
@@ -85,7 +94,7 @@ class Pipeline:
         """torchvision's RandomResizedCrop sampling (scale 0.08-1, ratio 3/4-4/3), from drawn uniforms."""
         b, _, h, w = x.shape
         s = self.crop_size
-        out = torch.empty(b, 3, s, s)
+        out = torch.empty(b, 3, s, s, device=x.device)
         log_r = (math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1]))
         for i in range(b):
             box = (0, 0, h, w)   # fallback: the whole image
@@ -104,33 +113,52 @@ class Pipeline:
         return out
 
     # -- whole batches -------------------------------------------------------------------------
-    def train_batch(self, images: np.ndarray, draws: EpochDraws, start: int) -> torch.Tensor:
-        """images: uint8 (B, 3, P, P) at epoch positions start..start+B-1 -> (B, 3, S, S) float."""
+    def _as_tensor(self, images) -> torch.Tensor:
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(np.ascontiguousarray(images))
+        return images.to(self.device, non_blocking=True)
+
+    def train_batch(self, images, draws: EpochDraws, start: int) -> torch.Tensor:
+        """images: uint8 (B, 3, P, P) (numpy or tensor) at epoch positions start..start+B-1
+        -> float (B, 3, S, S) on the pipeline's device."""
         b = len(images)
         sl = slice(start, start + b)
-        if self.pca == "fancy_pca":
-            images = self.fancy_pca(images, draws.fancy[sl], draws.alphas[sl])
-        x = torch.from_numpy(np.ascontiguousarray(images)).float()
-        if self.pca == "paper":
-            x += self.lighting_shift(draws.alphas[sl])[:, :, None, None]
-        x = self.normalise(x)
+        if self.pca == "fancy_pca":   # albumentations works on numpy, on the CPU
+            images = self.fancy_pca(np.asarray(images.cpu() if torch.is_tensor(images) else images),
+                                    draws.fancy[sl], draws.alphas[sl])
+        x = self._as_tensor(images)
+        flips = draws.flips[sl].to(self.device)
+        shift = self.lighting_shift(draws.alphas[sl].to(self.device))[:, :, None, None] \
+            if self.pca == "paper" else 0.0
         if self.crop == "paper":
-            s = self.crop_size
-            x = torch.stack([x[i, :, oy:oy + s, ox:ox + s] for i, (oy, ox) in enumerate(draws.offsets[sl].tolist())])
-        else:
-            x = self.random_resized(x, draws.rrc[sl])
-        flips = draws.flips[sl]
-        x[flips] = x[flips].flip(-1)
-        return x
+            offsets = draws.offsets[sl].to(self.device)
+            mean = crop_flip(self.mean_image.expand(b, -1, -1, -1), offsets, flips, self.crop_size)
+            return self.normalise(crop_flip(x, offsets, flips, self.crop_size).float() + shift, mean)
+        x = self.random_resized(self.normalise(x.float() + shift), draws.rrc[sl])
+        return torch.where(flips[:, None, None, None], x.flip(-1), x)
 
-    def eval_views(self, images: np.ndarray, ten_crop: bool) -> list[torch.Tensor]:
+    def eval_views(self, images, ten_crop: bool) -> list[torch.Tensor]:
         """Centre crop (1 view) or the paper's 10 views (four corners, centre, and their flips;
-        §4.1): a list of (B, 3, S, S) tensors."""
-        x = self.normalise(torch.from_numpy(np.ascontiguousarray(images)).float())
-        p, s = x.shape[-1], self.crop_size
+        §4.1): a list of float (B, 3, S, S) tensors."""
+        x = self._as_tensor(images)
+        b, p, s = x.shape[0], x.shape[-1], self.crop_size
         c = (p - s) // 2
-        if not ten_crop:
-            return [x[:, :, c:c + s, c:c + s]]
-        corners = [(0, 0), (0, p - s), (p - s, 0), (p - s, p - s), (c, c)]
-        views = [x[:, :, y:y + s, z:z + s] for y, z in corners]
-        return views + [v.flip(-1) for v in views]
+        corners = [(c, c)] if not ten_crop else [(0, 0), (0, p - s), (p - s, 0), (p - s, p - s), (c, c)]
+        views = []
+        for flip in ([False] if not ten_crop else [False, True]):
+            flips = torch.full((b,), flip, device=self.device)
+            for y, z in corners:
+                offsets = torch.tensor([y, z], device=self.device).expand(b, 2)
+                mean = crop_flip(self.mean_image.expand(b, -1, -1, -1), offsets, flips, s)
+                views.append(self.normalise(crop_flip(x, offsets, flips, s).float(), mean))
+        return views
+
+
+def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
+    """x: (B, C, P, P) -> (B, C, size, size), cropped at offsets (B, 2) = (top, left) and mirrored
+    left-right where flips (B,) is true; one gather for the whole batch (result is channels_last)."""
+    ar = torch.arange(size, device=x.device)
+    rows = offsets[:, :1] + ar                                                  # (B, S)
+    cols = offsets[:, 1:] + torch.where(flips[:, None], size - 1 - ar, ar)     # (B, S)
+    batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
+    return x[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # gathered as (B, S, S, C)

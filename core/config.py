@@ -41,6 +41,7 @@ class Profile:
     max_per_class: int | None = None    # subset of each class (smoke runs)
     eval_batch_size: int = 256
     channels_last: bool = True          # memory format; faster on this CPU (README speed table)
+    precision: str = "fp32"             # "fp32" | "bf16" (autocast)
     description: str = ""
 
     @property
@@ -118,6 +119,8 @@ def make_profile(name: str, data: dict) -> Profile:
     if not isinstance(data, dict):
         raise ConfigError(f"profile {name!r} must be a mapping of keys to values")
     prof = Profile(name=name, **_typed(Profile, data, f"profiles.{name}"))
+    if prof.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"profiles.{name}.precision {prof.precision!r} unknown; choices: fp32, bf16")
     if prof.dataset not in DATASET_CLASSES:
         raise ConfigError(f"profiles.{name}.dataset {prof.dataset!r} unknown; choices: {', '.join(DATASET_CLASSES)}")
     return prof

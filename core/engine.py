@@ -59,39 +59,50 @@ def build_pipeline(cfg: RunConfig, stats: Stats) -> Pipeline:
     return Pipeline(stats, cfg.profile.image_size, pca=t.pca, crop=t.crop, input_scale=t.input_scale)
 
 
-def _to_device(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+def resolve_device(device: str | None = None) -> torch.device:
+    """"auto" (or None): CUDA when available, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast when the profile asks for it (fp32 otherwise)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def train_one_epoch(model, optimizer, pipeline: Pipeline, train: Split, batch_size: int, seed: int,
-                    epoch: int, channels_last: bool = True) -> tuple[float, int]:
+                    epoch: int, channels_last: bool = True, precision: str = "fp32") -> tuple[float, int]:
     """One pass over the training set in the epoch's drawn order; returns (mean loss, images)."""
     model.train()
+    device = pipeline.device
     n = len(train.labels)
     draws = draw_epoch(n, train.images.shape[-1], pipeline.crop_size, seed, epoch)
     order = draws.order.numpy()
-    total, seen = 0.0, 0
+    labels = torch.from_numpy(train.labels).to(device)
+    total = torch.zeros((), device=device)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
         sorted_idx = np.sort(idx)                        # memmap reads in file order
         back = np.searchsorted(sorted_idx, idx)
         images = np.asarray(train.images[sorted_idx])[back]
-        x = _to_device(pipeline.train_batch(images, draws, start), channels_last)
-        y = torch.from_numpy(train.labels[idx])
-        loss = F.cross_entropy(model(x), y)
+        x = _layout(pipeline.train_batch(images, draws, start), channels_last)
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(x), labels[torch.from_numpy(idx).to(device)])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += loss.item() * len(idx)
-        seen += len(idx)
-        if not math.isfinite(total):
-            return float("nan"), seen
-    return total / seen, seen
+        total += loss.detach() * len(idx)               # no per-step host sync
+    return total.item() / n, n
 
 
 @torch.no_grad()
 def evaluate(model, pipeline: Pipeline, split: Split, batch_size: int, ten_crop: bool = False,
-             average: str = "softmax", channels_last: bool = True) -> dict[str, float]:
+             average: str = "softmax", channels_last: bool = True, precision: str = "fp32") -> dict[str, float]:
     """Top-1/top-5 error (fractions). ten_crop: the paper's 10 views, averaged as softmax outputs
     (paper) or logits (the seed)."""
     model.eval()
@@ -99,8 +110,10 @@ def evaluate(model, pipeline: Pipeline, split: Split, batch_size: int, ten_crop:
     n = len(split.labels)
     for start in range(0, n, batch_size):
         images = np.array(split.images[start:start + batch_size])     # a writable copy of the slice
-        y = torch.from_numpy(split.labels[start:start + batch_size])
-        logits = torch.stack([model(_to_device(v, channels_last)) for v in pipeline.eval_views(images, ten_crop)])
+        y = torch.from_numpy(split.labels[start:start + batch_size]).to(pipeline.device)
+        with autocast(pipeline.device, precision):
+            logits = torch.stack([model(_layout(v, channels_last)) for v in pipeline.eval_views(images, ten_crop)])
+        logits = logits.float()                                                           # (V, B, classes)
         score = logits.softmax(-1).mean(0) if average == "softmax" else logits.mean(0)   # (B, classes)
         top5 = score.topk(min(5, score.shape[-1]), -1).indices
         wrong1 += (top5[:, 0] != y).sum().item()
@@ -116,13 +129,14 @@ def outcome_of(final_top1: float, num_classes: int, diverged: bool) -> str:
     return "chance" if final_top1 >= chance - 0.02 else "learned"
 
 
-def train(cfg: RunConfig, data: Data, run, on_epoch=None) -> Result:
+def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = None) -> Result:
     """Train one configuration; `run` is a tracking RunLog; on_epoch(epoch, metrics) for progress."""
     torch.set_num_threads(int(os.environ.get("ALEXNET_THREADS", os.cpu_count() or 1)))
     p, t = cfg.profile, cfg.toggles
-    model = build_model(cfg)
+    dev = resolve_device(device)
+    model = build_model(cfg).to(dev)
     torch.manual_seed(cfg.seed)   # dropout stream, independent of how many draws init took
-    pipeline = build_pipeline(cfg, data.stats)
+    pipeline = build_pipeline(cfg, data.stats).to(dev)
     optimizer = build_optimizer(model.parameters(), p.lr, p.momentum, p.weight_decay)
     schedule = Schedule(optimizer, t.lr_schedule, p.lr, cfg.patience)
     start_wall = time.perf_counter()
@@ -132,13 +146,14 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None) -> Result:
         lr = schedule.lr
         t0 = time.perf_counter()
         loss, seen = train_one_epoch(model, optimizer, pipeline, data.train, p.batch_size, cfg.seed, epoch,
-                                     p.channels_last)
+                                     p.channels_last, p.precision)
         train_s = time.perf_counter() - t0
         if not math.isfinite(loss):
             diverged = True
             run.log_metrics({"train_loss": loss, "lr": lr}, step=epoch)
             break
-        metrics = evaluate(model, pipeline, data.val, p.eval_batch_size, channels_last=p.channels_last)
+        metrics = evaluate(model, pipeline, data.val, p.eval_batch_size, channels_last=p.channels_last,
+                           precision=p.precision)
         epoch_s = time.perf_counter() - t0
         metrics.update(train_loss=loss, lr=lr, epoch_time_s=epoch_s, images_per_s=seen / train_s)
         run.log_metrics(metrics, step=epoch)    # one batched call per epoch
@@ -147,7 +162,7 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None) -> Result:
             on_epoch(epoch, metrics)
     if not diverged:
         metrics.update(evaluate(model, pipeline, data.val, p.eval_batch_size, ten_crop=True,
-                                average=t.tta_average, channels_last=p.channels_last))
+                                average=t.tta_average, channels_last=p.channels_last, precision=p.precision))
         run.log_metrics({k: metrics[k] for k in ("val10_top1_err", "val10_top5_err")}, step=epoch)
     wall = time.perf_counter() - start_wall
     outcome = outcome_of(metrics.get("val_top1_err", 1.0), p.num_classes, diverged)
