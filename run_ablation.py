@@ -13,6 +13,7 @@ Exit code 2 on bad input (unknown grid/profile/toggle, bad YAML, missing or brok
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -77,7 +78,8 @@ def main(argv=None) -> int:
           f"({len(data.train.labels)} train / {len(data.val.labels)} val images from {data.train.root}); "
           f"MLflow {tracker.client.tracking_uri}, experiment {args.experiment!r}", file=sys.stderr)
     try:
-        out = run_grid(experiments, args.grid, args.profile, args.seeds, tracker, data, rerun=args.rerun, device=args.device)
+        out = run_grid(experiments, args.grid, args.profile, args.seeds, tracker, data, rerun=args.rerun, device=args.device,
+                       command=shlex.join(["python", *sys.argv]))
     except KeyboardInterrupt:
         print("interrupted: the current run is marked KILLED; run the same command again to resume",
               file=sys.stderr)

@@ -78,9 +78,10 @@ def child_params(cfg: RunConfig, data: Data) -> dict:
 
 
 def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, tracker, data: Data,
-             rerun: bool = False, progress: bool = True, device: str | None = None) -> GridOutcome:
+             rerun: bool = False, progress: bool = True, device: str | None = None,
+             command: str = "") -> GridOutcome:
     cells = plan(experiments, grid, profile, seeds)
-    done = set() if rerun else tracker.finished_hashes()
+    done = set() if rerun else tracker.finished_hashes(grid)
     todo = [c for c in cells if c.config.hash() not in done]
     out = GridOutcome(skipped=[c.name for c in cells if c not in todo])
     if not todo:
@@ -89,7 +90,7 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
     bar = tqdm(total=total_epochs, unit="epoch", desc=f"{grid}/{profile}", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
     parent_tags = {"grid": grid, "profile": profile, "seeds": seeds, "git_commit": git_commit(),
-                   "cells": len(cells), "skipped": len(out.skipped), "role": "grid"}
+                   "cells": len(cells), "skipped": len(out.skipped), "role": "grid", "command": command}
     with tracker.parent(f"{grid}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}", parent_tags,
                         {"grid": grid, "profile": profile, "seeds": seeds}) as parent:
         out.parent_id = parent.run_id
@@ -100,6 +101,7 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
             cfg = cell.config
             bar.set_postfix_str(cell.name)
             tags = {"grid": grid, "variant": cell.variant.name, "config_hash": cfg.hash(),
+                    "base_variant": cells[0].variant.name, "seed": cfg.seed,
                     "profile": profile, "git_commit": parent_tags["git_commit"], "role": "cell",
                     "flipped": ",".join(f"{k}={v}" for k, v in as_dict(cfg.toggles).items()
                                         if v != REGISTRY[k].paper) or "none"}

@@ -30,7 +30,7 @@ class Tracker(Protocol):
     def parent(self, name: str, tags: dict[str, Any], params: dict[str, Any]) -> contextlib.AbstractContextManager[RunLog]: ...
     def child(self, name: str, params: dict[str, Any], tags: dict[str, Any],
               dataset: dict[str, str] | None = None) -> contextlib.AbstractContextManager[RunLog]: ...
-    def finished_hashes(self) -> set[str]: ...
+    def finished_hashes(self, grid: str) -> set[str]: ...
 
 
 def resolve_uri(uri: str | None) -> str | None:
@@ -123,8 +123,9 @@ class MlflowTracker:
         ds = MetaDataset(source, name=dataset["name"], digest=dataset["digest"])
         mlflow.log_input(ds, context=dataset.get("context", "training"))
 
-    def finished_hashes(self) -> set[str]:
-        runs = self.runs(status="FINISHED")
+    def finished_hashes(self, grid: str) -> set[str]:
+        """config_hash of every FINISHED cell of `grid` in the experiment (what resume skips)."""
+        runs = self.runs(status="FINISHED", filter_string=f"tags.grid = '{grid}'")
         return set(runs["tags.config_hash"].dropna()) if "tags.config_hash" in runs else set()
 
     def runs(self, status: str | None = None, filter_string: str = ""):
@@ -208,5 +209,6 @@ class MemoryTracker:
     def child(self, name, params, tags, dataset=None):
         return self._run(name, params, tags)
 
-    def finished_hashes(self):
-        return {r.tags.get("config_hash") for r in self.runs if r.status == "FINISHED"} - {None}
+    def finished_hashes(self, grid):
+        return {r.tags.get("config_hash") for r in self.runs
+                if r.status == "FINISHED" and r.tags.get("grid") == grid} - {None}

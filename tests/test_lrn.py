@@ -1,0 +1,84 @@
+"""core/lrn.py against the paper's formula (§3.3), written out here as a plain loop."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from core.lrn import LRN, lrn
+from core.model import LRN_ALPHA
+
+K, N, ALPHA, BETA = 2.0, 5, 1e-4, 0.75   # §3.3
+
+
+def lrn_reference(a: torch.Tensor, k=K, n=N, alpha=ALPHA, beta=BETA) -> torch.Tensor:
+    """b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(C-1,i+n/2)} a_j^2)^beta, channel by channel
+    (differentiable by autograd)."""
+    c = a.shape[1]
+    out = []
+    for i in range(c):
+        s = torch.zeros_like(a[:, 0])
+        for j in range(max(0, i - n // 2), min(c - 1, i + n // 2) + 1):
+            s = s + a[:, j] ** 2
+        out.append(a[:, i] / (k + alpha * s) ** beta)
+    return torch.stack(out, 1)
+
+
+def realistic(shape, dtype, seed=0):
+    """Post-ReLU activations of the magnitude conv1 gives on 0..255 inputs."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.relu(torch.randn(shape, generator=g, dtype=torch.float64) * 50).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_forward_matches_paper_formula(dtype):
+    a = realistic((2, 11, 4, 3), dtype)
+    ref = lrn_reference(a.double())
+    out = LRN()(a)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    # the alpha term really bites at this scale (k alone would give a ratio of 2**-0.75 = 0.59)
+    assert (ref / a.double().clamp_min(1e-9))[a > 10].min() < 0.5
+
+
+def test_forward_strong_alpha_and_few_channels():
+    """Edge windows (C < n) and a large alpha, where any off-by-one in the window shows."""
+    a = realistic((1, 3, 2, 2), torch.float64, seed=3)
+    torch.testing.assert_close(lrn(a, 5, 0.05, 0.75, 2.0), lrn_reference(a, alpha=0.05), rtol=1e-10, atol=1e-10)
+    a = realistic((1, 8, 2, 2), torch.float64, seed=4)
+    torch.testing.assert_close(lrn(a, 3, 0.05, 0.5, 1.0), lrn_reference(a, k=1.0, n=3, alpha=0.05, beta=0.5),
+                               rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_backward_matches_autograd_of_formula(dtype):
+    a = realistic((2, 9, 3, 3), dtype, seed=1)
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x = a.clone().requires_grad_(True)
+    (LRN()(x).double() * g).sum().backward()
+    xr = a.double().clone().requires_grad_(True)
+    (lrn_reference(xr) * g).sum().backward()
+    torch.testing.assert_close(x.grad.double(), xr.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_gradcheck_float64():
+    a = (torch.randn(1, 7, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 20)
+    a.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: lrn(t, 5, 1e-3, 0.75, 2.0), (a,), eps=1e-6, atol=1e-6)
+
+
+def test_equals_torch_local_response_norm_with_alpha_times_size():
+    """PyTorch divides alpha by size: the paper's 1e-4 is nn.LocalResponseNorm(alpha=5e-4)."""
+    a = realistic((2, 16, 5, 5), torch.float32, seed=6)
+    torch.testing.assert_close(LRN(5, 1e-4, 0.75, 2.0)(a), nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(a),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_seed_alpha_is_the_seed_code():
+    """The seed wrote nn.LocalResponseNorm(5, alpha=10e-4): 2e-4 in the paper's units."""
+    assert LRN_ALPHA["paper"] == pytest.approx(1e-4)
+    a = realistic((2, 16, 5, 5), torch.float32, seed=7)
+    seed_code = nn.LocalResponseNorm(5, alpha=10e-4, beta=0.75, k=2.0)(a)
+    torch.testing.assert_close(LRN(5, LRN_ALPHA["seed"], 0.75, 2.0)(a), seed_code, rtol=1e-5, atol=1e-5)
+    # and it is a different (stronger) normalisation than the paper's
+    assert not torch.allclose(LRN(5, LRN_ALPHA["paper"], 0.75, 2.0)(a), seed_code, rtol=1e-3, atol=1e-3)
