@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -58,7 +59,15 @@ def show(experiments) -> None:
         print(f"  {g:15s} {len(expand(experiments, g)):3d} variants  {spec.get('description', '')}")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv=None) -> int:
+    # Ctrl-C and `kill` (SIGTERM) both end the current run as KILLED in MLflow; SIGINT is re-enabled
+    # because shells start background jobs with it ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     args = parser().parse_args(argv)
     try:
         experiments = load_experiments(args.config)

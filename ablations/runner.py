@@ -73,7 +73,7 @@ def child_params(cfg: RunConfig, data: Data) -> dict:
                   image_size=p.image_size, width=p.width, batch_size=p.batch_size, lr=p.lr,
                   momentum=p.momentum, weight_decay=p.weight_decay, prep_size=p.prep_size,
                   stem=list(p.stem), lr_patience=cfg.patience, train_images=len(data.train.labels),
-                  val_images=len(data.val.labels), pca_eigval=[round(float(v), 6) for v in data.stats.eigval])
+                  val_images=len(data.val.labels), num_classes=len(data.train.classes), pca_eigval=[round(float(v), 6) for v in data.stats.eigval])
     return params
 
 

@@ -70,10 +70,11 @@ class Budget:
 
 @dataclass
 class Timing:
+    """One measurement: `images` trained (or evaluated) in `seconds`, after `warmup_s` untimed."""
     name: str
+    batch: int = 0
     images: int = 0
     seconds: float = 0.0
-    batches: int = 0
     warmup_s: float = 0.0
     note: str = ""
     error: str = ""
@@ -83,11 +84,20 @@ class Timing:
         """Images per second (nan when the measurement failed)."""
         return self.images / self.seconds if self.seconds > 0 and not self.error else float("nan")
 
+    @property
+    def ms_per_batch(self) -> float:
+        return 1000 * self.batch / self.ips if self.ips > 0 else float("nan")
+
     def as_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "images_per_s": self.ips}
+        return {**dataclasses.asdict(self), "images_per_s": _num(self.ips), "ms_per_batch": _num(self.ms_per_batch)}
 
 
-def time_calls(name: str, run: Callable[[int, int], int], budget: Budget, device: torch.device,
+def _num(x: float | None) -> float | None:
+    """JSON-safe number: nan and None become None."""
+    return None if x is None or x != x else float(x)
+
+
+def time_calls(name: str, batch: int, run: Callable[[int, int], int], budget: Budget, device: torch.device,
                warmup: int | None = None) -> Timing:
     """Time a loop that runs in calls: run(batches, call_index) trains `batches` batches and
     returns the images it saw. One untimed warm-up call, then one call of budget.batches, or
@@ -95,12 +105,10 @@ def time_calls(name: str, run: Callable[[int, int], int], budget: Budget, device
     t0 = time.perf_counter()
     run(warmup or budget.warmup, 0)
     sync(device)
-    out = Timing(name, warmup_s=time.perf_counter() - t0)
+    out = Timing(name, batch, warmup_s=time.perf_counter() - t0)
     start = time.perf_counter()
     for call in itertools.count(1):
-        size = budget.batches or budget.chunk
-        out.images += run(size, call)
-        out.batches += size
+        out.images += run(budget.batches or budget.chunk, call)
         if budget.batches or time.perf_counter() - start >= budget.seconds:
             break
     sync(device)
@@ -108,7 +116,7 @@ def time_calls(name: str, run: Callable[[int, int], int], budget: Budget, device
     return out
 
 
-def time_steps(name: str, step: Callable[[], int], budget: Budget, device: torch.device,
+def time_steps(name: str, batch: int, step: Callable[[], int], budget: Budget, device: torch.device,
                limit_s: float | None = None, warmup: int | None = None) -> Timing:
     """Time a loop one batch at a time: step() trains one batch and returns its images. Untimed
     warm-up steps, then budget.batches steps or budget.seconds; with limit_s, the timed part stops
@@ -117,14 +125,13 @@ def time_steps(name: str, step: Callable[[], int], budget: Budget, device: torch
     for _ in range(warmup or budget.warmup):
         step()
     sync(device)
-    out = Timing(name, warmup_s=time.perf_counter() - t0)
+    out = Timing(name, batch, warmup_s=time.perf_counter() - t0)
     cap = max(3.0, limit_s - out.warmup_s) if limit_s else float("inf")
     start = time.perf_counter()
-    while True:
+    for steps in itertools.count(1):
         out.images += step()
-        out.batches += 1
         elapsed = time.perf_counter() - start
-        if budget.batches and out.batches >= budget.batches or not budget.batches and elapsed >= budget.seconds:
+        if budget.batches and steps >= budget.batches or not budget.batches and elapsed >= budget.seconds:
             break
         if elapsed >= cap:
             out.note = f"cut at the {limit_s:.0f} s limit"
@@ -211,7 +218,7 @@ def measure_harness(cfg: RunConfig, data: Data, device: torch.device, budget: Bu
         part = window(data.train, batches * p.batch_size, call)
         return train_one_epoch(model, optimizer, pipeline, part, p.batch_size, cfg.seed, call,
                                p.channels_last, p.precision)[1]
-    return time_calls("harness", run, budget, device)
+    return time_calls("harness", p.batch_size, run, budget, device)
 
 
 def measure_eval(cfg: RunConfig, data: Data, device: torch.device, budget: Budget) -> Timing:
@@ -224,7 +231,7 @@ def measure_eval(cfg: RunConfig, data: Data, device: torch.device, budget: Budge
         part = window(data.val, batches * p.eval_batch_size, call)
         evaluate(model, pipeline, part, p.eval_batch_size, channels_last=p.channels_last, precision=p.precision)
         return len(part.labels)
-    return time_calls("harness eval", run, budget, device)
+    return time_calls("eval", p.eval_batch_size, run, budget, device)
 
 
 # ------------------------------------------------------------------------------- (b) seed-style loop
@@ -270,7 +277,7 @@ def measure_plain(cfg: RunConfig, root, device: torch.device, budget: Budget) ->
         x, y = next(batches)
         train_step(model, optimizer, x.to(device), y.to(device), device, "fp32")
         return len(x)
-    return time_steps("plain", step, budget, device)
+    return time_steps("plain", p.batch_size, step, budget, device)
 
 
 # ------------------------------------------------------------------------------- (c) compute only
@@ -298,9 +305,8 @@ def premade(cfg: RunConfig, data: Data, device: torch.device, count: int = 3) ->
     pipeline = build_pipeline(cfg, data.stats).to(device)
     n = min(len(data.train.labels), count * p.batch_size)
     draws = draw_epoch(n, data.train.images.shape[-1], p.image_size, cfg.seed, 0)
-    return [pipeline.train_batch(np.asarray(data.train.images[s:s + p.batch_size]), draws, s)
-            for s in range(0, n - p.batch_size + 1, p.batch_size)] or \
-        [pipeline.train_batch(np.asarray(data.train.images[:n]), draws, 0)]
+    starts = range(0, max(n - p.batch_size, 0) + 1, p.batch_size)
+    return [pipeline.train_batch(np.asarray(data.train.images[s:s + p.batch_size]), draws, s) for s in starts]
 
 
 def measure_compute(name: str, cfg: RunConfig, batches: list[torch.Tensor], device: torch.device,
@@ -316,4 +322,415 @@ def measure_compute(name: str, cfg: RunConfig, batches: list[torch.Tensor], devi
     def run(count: int, call: int) -> int:
         fake = pixel_free(count * bs, p.prep_size, p.num_classes)
         return train_one_epoch(model, optimizer, stub, fake, bs, cfg.seed, call, p.channels_last, p.precision)[1]
-    return time_calls(name, run, budget, device, warmup=max(budget.warmup, 3) if compiled else None)
+    return time_calls(name, bs, run, budget, device, warmup=max(budget.warmup, 3) if compiled else None)
+
+
+# ------------------------------------------------------------------------------- (d) roofline
+def roofline(cfg: RunConfig, batch: torch.Tensor, device: torch.device, seconds: float,
+             dtype: torch.dtype = torch.float32, n: int = 2048) -> dict:
+    """(d) training FLOPs per image (forward + backward, FlopCounterMode, one batch) of the harness
+    model, the measured n x n torch.mm rate, and their quotient: the matmul-bound images/s."""
+    model, _ = new_model(cfg, device)
+    x = _layout(batch, cfg.profile.channels_last)
+    y = torch.zeros(len(x), dtype=torch.long, device=device)
+    flops = train_flops_per_image(model, x, y)
+    rate = matmul_gflops(device, n, seconds, dtype)
+    return {"train_gflop_per_image": flops / 1e9, "matmul_gflops": rate, "matmul_n": n,
+            "matmul_dtype": str(dtype).replace("torch.", ""), "images_per_s": rate * 1e9 / flops}
+
+
+# ------------------------------------------------------------------------------- MLflow logging
+def mlflow_logging(epochs: int) -> dict:
+    """Seconds of the harness's per-epoch logging: a core.tracking.MlflowTracker child run under a
+    parent (as the runner makes them) in a temporary sqlite store, one batched log_metrics of the
+    8 MLFLOW_METRICS per epoch. log_s_per_epoch is the mean over epochs 2..N (the first call,
+    reported apart, pays lazy imports); run_start_end_s is the once-per-run child start + end."""
+    import logging
+
+    import mlflow
+    from .tracking import MlflowTracker
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    previous = mlflow.get_tracking_uri()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tracker = MlflowTracker("bench", f"sqlite:///{tmp}/mlflow.db", system_metrics=False)
+            with tracker.parent("bench", {"role": "grid"}, {"grid": "bench"}):
+                t0 = time.perf_counter()
+                with tracker.child("cell", {f"param{i}": i for i in range(30)}, {"role": "cell"},
+                                   {"name": "bench", "digest": "0", "source": tmp}) as run:
+                    start_s = time.perf_counter() - t0
+                    per_epoch = []
+                    for epoch in range(1, epochs + 1):
+                        t = time.perf_counter()
+                        run.log_metrics({k: 0.1 * epoch for k in MLFLOW_METRICS}, step=epoch)
+                        per_epoch.append(time.perf_counter() - t)
+                    t0 = time.perf_counter()
+                end_s = time.perf_counter() - t0
+    finally:
+        mlflow.set_tracking_uri(previous)
+    rest = per_epoch[1:] or per_epoch
+    return {"metrics_per_epoch": len(MLFLOW_METRICS), "epochs_logged": epochs,
+            "log_s_per_epoch": sum(rest) / len(rest), "first_log_s": per_epoch[0],
+            "run_start_end_s": start_s + end_s}
+
+
+# ------------------------------------------------------------------------------- the CPU table
+LABELS = {
+    "harness": "(a) harness train_one_epoch",
+    "plain": f"(b) plain: DataLoader({PLAIN_WORKERS} workers), PIL+albumentations",
+    "compute": "(c) compute only (pre-made batches)",
+    "eval": "harness evaluate (centre crop)",
+    "compute_no_lrn": "compute, lrn=False",
+    "compute_torch_lrn": "compute, nn.LocalResponseNorm",
+    "compute_contiguous": "compute, contiguous (NCHW)",
+    "compute_channels_last": "compute, channels_last",
+    "compute_bf16": "compute, bf16 autocast",
+    "compute_fp32": "compute, fp32",
+    "compute_compiled": "compute, torch.compile",
+}
+
+
+def load_data(cfg: RunConfig, data_root: str | None, cache: str | None) -> tuple[Data, object]:
+    """The profile's uint8 caches (decoded once, then reused) and training statistics."""
+    from .data import load_split, train_stats
+    p = cfg.profile
+    root = resolve_root(p.dataset, data_root)
+    train = load_split(root, "train", p.prep_size, max_per_class=p.max_per_class, cache=cache)
+    val = load_split(root, "val", p.prep_size, classes=train.classes, max_per_class=p.max_per_class, cache=cache)
+    return Data(train, val, train_stats(train)), root
+
+
+def compute_variants(cfg: RunConfig, skip: set[str]) -> dict[str, tuple[RunConfig, dict]]:
+    """The compute-only runs: key -> (config, extra measure_compute arguments)."""
+    p = cfg.profile
+    out = {"compute": (cfg, {})}
+    if "lrn" not in skip and cfg.toggles.lrn:
+        out["compute_no_lrn"] = (variant_config(cfg, lrn=False), {})
+        out["compute_torch_lrn"] = (cfg, {"torch_lrn": True})
+    if "layout" not in skip:
+        key = "compute_contiguous" if p.channels_last else "compute_channels_last"
+        out[key] = (variant_config(cfg, channels_last=not p.channels_last), {})
+    if "precision" not in skip:
+        other = "fp32" if p.precision == "bf16" else "bf16"
+        out[f"compute_{other}"] = (variant_config(cfg, precision=other), {})
+    if "compile" not in skip:
+        out["compute_compiled"] = (cfg, {"compiled": True})
+    return out
+
+
+def run_cpu(cfg: RunConfig, data: Data, root, device: torch.device, budget: Budget,
+            skip: set[str] = frozenset(), quick: bool = False) -> dict:
+    """Every measurement of the table, each guarded (a failure is reported, the rest still run)."""
+    p, rows = cfg.profile, {}
+
+    def add(key: str, measure: Callable[[], Timing]) -> None:
+        print(f"  measuring {LABELS[key]} ...", file=sys.stderr, flush=True)
+        rows[key] = guarded(key, measure)
+
+    add("harness", lambda: measure_harness(cfg, data, device, budget))
+    if "eval" not in skip:
+        add("eval", lambda: measure_eval(cfg, data, device, budget))
+    if "plain" not in skip:
+        add("plain", lambda: measure_plain(cfg, root, device, budget))
+    batches = premade(cfg, data, device)
+    for key, (vcfg, extra) in compute_variants(cfg, skip).items():
+        add(key, lambda: measure_compute(key, vcfg, batches, device, budget, **extra))
+    out = {"setting": setting(cfg, data, device, budget), "rows": rows}
+    if "roofline" not in skip:
+        out["roofline"] = guarded_dict(lambda: roofline(cfg, batches[0], device, 0.5 if quick else 3.0))
+    if "mlflow" not in skip:
+        out["mlflow"] = guarded_dict(lambda: mlflow_logging(3 if quick else 10))
+    out["ratios"] = summarise(out, len(data.train.labels), len(data.val.labels))
+    return out
+
+
+def guarded_dict(measure: Callable[[], dict]) -> dict:
+    try:
+        return measure()
+    except Exception as err:   # noqa: BLE001
+        print(f"  failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return {"error": f"{type(err).__name__}: {str(err).strip()[:2000]}"}
+
+
+def setting(cfg: RunConfig, data: Data, device: torch.device, budget: Budget) -> dict:
+    p = cfg.profile
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"profile": p.name, "image_size": p.image_size, "prep_size": p.prep_size, "width": p.width,
+            "stem": list(p.stem), "batch_size": p.batch_size, "channels_last": p.channels_last,
+            "precision": p.precision, "device": str(device), "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "load_average_1min": load, "train_images": len(data.train.labels),
+            "val_images": len(data.val.labels), "budget": dataclasses.asdict(budget), "torch": torch.__version__}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return _num(a / b) if a is not None and b and a == a and b == b else None
+
+
+def _overhead(with_it: float | None, without: float | None) -> float | None:
+    """1 - (images/s with a feature) / (images/s without it): the share of time the feature costs."""
+    r = _ratio(with_it, without)
+    return None if r is None else 1 - r
+
+
+def summarise(res: dict, n_train: int, n_val: int) -> dict:
+    """The headline ratios and the variant comparisons (None where a side is missing or failed)."""
+    ips = {k: t.ips for k, t in res["rows"].items()}
+    g = ips.get
+    cl, contig = (g("compute"), g("compute_contiguous")) if "compute_contiguous" in ips else \
+        (g("compute_channels_last"), g("compute"))
+    bf16, fp32 = (g("compute_bf16"), g("compute")) if "compute_bf16" in ips else (g("compute"), g("compute_fp32"))
+    no_lrn = g("compute_no_lrn")
+    out = {"harness/plain": _ratio(g("harness"), g("plain")),
+           "harness/compute": _ratio(g("harness"), g("compute")),
+           "harness/roofline": _ratio(g("harness"), res.get("roofline", {}).get("images_per_s")),
+           "lrn_overhead_core": _overhead(g("compute"), no_lrn),
+           "lrn_overhead_torch": _overhead(g("compute_torch_lrn"), no_lrn),
+           "channels_last/contiguous": _ratio(cl, contig),
+           "bf16/fp32": _ratio(bf16, fp32),
+           "compile/eager": _ratio(g("compute_compiled"), g("compute"))}
+    train_s = _ratio(n_train, g("harness"))
+    eval_s = _ratio(n_val, g("eval")) or 0.0
+    log_s = res.get("mlflow", {}).get("log_s_per_epoch")
+    out["epoch_s"] = None if train_s is None else train_s + eval_s
+    out["mlflow_overhead"] = _ratio(log_s, out["epoch_s"])
+    return out
+
+
+def _fmt(x: float | None, spec: str = ".1f", none: str = "n/a") -> str:
+    return none if x is None or x != x else format(x, spec)
+
+
+def print_cpu(res: dict) -> None:
+    """The readable report: settings, the table, the ratios, the variants, MLflow."""
+    s, rows, r = res["setting"], res["rows"], res["ratios"]
+    b = s["budget"]
+    print(f"\nAlexNet speed, profile {s['profile']}: {s['image_size']} px crops of {s['prep_size']} px, "
+          f"width {s['width']}, batch {s['batch_size']}, {'channels_last' if s['channels_last'] else 'NCHW'}, "
+          f"{s['precision']}; {s['train_images']} train images; device {s['device']}, {s['threads']} threads "
+          f"on {s['cpus']} CPUs, load average {_fmt(s['load_average_1min'], '.2f')} at the end")
+    print(f"budget per measurement: {b['batches'] or ''}{' batches' if b['batches'] else str(b['seconds']) + ' s'}"
+          f" after {b['warmup']} warm-up batches\n")
+    print(f"{'measurement':50s} {'images/s':>9s} {'ms/batch':>9s} {'timed':>7s} {'warm-up':>8s}  note")
+    for key, t in rows.items():
+        tail = f"ERROR {t.error}" if t.error else t.note
+        print(f"{LABELS[key]:50s} {_fmt(t.ips):>9s} {_fmt(t.ms_per_batch, '.0f'):>9s} "
+              f"{t.seconds:6.1f}s {t.warmup_s:7.1f}s  {tail}")
+    roof = res.get("roofline")
+    if roof:
+        note = roof.get("error") or (f"{roof['train_gflop_per_image']:.3f} GFLOP/image (fwd+bwd) at "
+                                     f"{roof['matmul_gflops']:.1f} GFLOP/s ({roof['matmul_dtype']} mm {roof['matmul_n']})")
+        print(f"{'(d) roofline (matmul-bound)':50s} {_fmt(roof.get('images_per_s')):>9s} {'':>9s} {'':>7s} {'':>8s}  {note}")
+    print("\nratios")
+    for key in ("harness/plain", "harness/compute", "harness/roofline"):
+        print(f"  {key:28s} {_fmt(r[key], '.3f')}")
+    print("compute-only comparisons")
+    print(f"  {'LRN overhead, core.lrn.LRN':40s} {_fmt(_pct(r['lrn_overhead_core']), '.1f')} %")
+    print(f"  {'LRN overhead, nn.LocalResponseNorm':40s} {_fmt(_pct(r['lrn_overhead_torch']), '.1f')} %")
+    print(f"  {'channels_last / contiguous':40s} {_fmt(r['channels_last/contiguous'], '.3f')}")
+    print(f"  {'bf16 autocast / fp32':40s} {_fmt(r['bf16/fp32'], '.3f')}")
+    compiled = rows.get("compute_compiled")
+    print(f"  {'torch.compile / eager':40s} "
+          + (f"failed: {compiled.error}" if compiled and compiled.error else _fmt(r["compile/eager"], ".3f")))
+    _print_mlflow(res.get("mlflow"), r)
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else 100 * x
+
+
+def _print_mlflow(m: dict | None, r: dict) -> None:
+    if not m:
+        return
+    if "error" in m:
+        print(f"MLflow logging: failed: {m['error']}")
+        return
+    print(f"MLflow logging ({m['metrics_per_epoch']} metrics, one log_batch per epoch, sqlite): "
+          f"{1000 * m['log_s_per_epoch']:.1f} ms per epoch (first call {1000 * m['first_log_s']:.0f} ms) "
+          f"= {_fmt(_pct(r['mlflow_overhead']), '.3f')} % of a {_fmt(r['epoch_s'], '.0f')} s epoch "
+          f"(train + eval, from the rows above); run start + end {m['run_start_end_s']:.2f} s once per run")
+
+
+# ------------------------------------------------------------------------------- (e) GPU, synthetic
+def synthetic_stats(prep: int) -> Stats:
+    """Stand-in training statistics (speed does not depend on their values): a flat mean image
+    and ImageNet-like lighting eigenvalues along the RGB axes."""
+    return Stats(np.full((3, prep, prep), 115.0, np.float32), np.array([0.2175, 0.0188, 0.0045]), np.eye(3))
+
+
+def gpu_batches(pipeline, images: torch.Tensor, labels: torch.Tensor, batch: int, seed: int):
+    """Endless (x, y) batches as the engine makes them, but from images already on the GPU: the
+    epoch's draws (core.augment.draw_epoch), a gather of the batch, Pipeline.train_batch, layout."""
+    n, prep = len(images), images.shape[-1]
+    for epoch in itertools.count(1):
+        draws = draw_epoch(n, prep, pipeline.crop_size, seed, epoch)
+        order = draws.order.to(images.device)
+        for start in range(0, n - batch + 1, batch):
+            idx = order[start:start + batch]
+            yield _layout(pipeline.train_batch(images[idx], draws, start), True), labels[idx]
+
+
+def measure_gpu(name: str, cfg: RunConfig, pipeline, images, labels, batch: int, compiled: bool,
+                budget: Budget, limit_s: float, augment: bool = True) -> Timing:
+    """(e) one GPU variant: SGD steps of cfg's model (bf16 autocast, channels_last) on batches from
+    gpu_batches, or (augment=False) on one pre-made batch; compile happens in the warm-up."""
+    torch._dynamo.reset()
+    device = images.device
+    model, optimizer = new_model(cfg, device, compiled=compiled)
+    model.train()
+    stream = gpu_batches(pipeline, images, labels, batch, cfg.seed)
+    if not augment:
+        stream = itertools.repeat(next(stream))
+
+    def step() -> int:
+        x, y = next(stream)
+        train_step(model, optimizer, x, y, device, cfg.profile.precision)
+        return batch
+    return time_steps(name, batch, step, budget, device, limit_s=limit_s, warmup=max(budget.warmup, 3))
+
+
+def gpu_roofline(cfg: RunConfig, device: torch.device, seconds: float) -> dict:
+    """Training FLOPs per image at the paper's size against the measured bf16 and fp32 mm rates."""
+    x = torch.randn(16, 3, cfg.profile.image_size, cfg.profile.image_size, device=device)
+    out = roofline(cfg, x, device, seconds, torch.bfloat16, n=8192)
+    out["fp32_matmul_gflops"] = matmul_gflops(device, 8192, seconds, torch.float32)
+    return out
+
+
+def run_gpu(config: str, budget: Budget, limit_s: float = 40.0, n_images: int = 8192,
+            batches: tuple[int, ...] = (128, 512)) -> dict:
+    """The paper profile's AlexNet on CUDA with synthetic uint8 images kept on the GPU: for each
+    batch size, pipeline + training eager and compiled, and training alone on a pre-made batch."""
+    if not torch.cuda.is_available():
+        raise BenchError("--gpu-synthetic needs a CUDA GPU, and torch.cuda.is_available() is False "
+                         f"here (torch {torch.__version__}, CUDA build {torch.version.cuda}); run it on a GPU machine")
+    device = torch.device("cuda")
+    ex = load_experiments(config)
+    cfg = variant_config(RunConfig(ex.profile("paper"), ex.baseline, 0), channels_last=True, precision="bf16")
+    p = cfg.profile
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (n_images, 3, p.prep_size, p.prep_size), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, p.num_classes, (n_images,), device=device)
+    pipeline = build_pipeline(cfg, synthetic_stats(p.prep_size)).to(device)
+    rows = []
+    for batch, (label, compiled, augment) in itertools.product(
+            batches, [("pipeline + train, eager", False, True), ("pipeline + train, torch.compile", True, True),
+                      ("train only (pre-made batch), eager", False, False)]):
+        print(f"  measuring {label}, batch {batch} ...", file=sys.stderr, flush=True)
+        rows.append(guarded(label, lambda: measure_gpu(label, cfg, pipeline, images, labels, batch, compiled,
+                                                       budget, limit_s, augment)))
+        rows[-1].batch = batch
+        torch.cuda.empty_cache()
+    roof = guarded_dict(lambda: gpu_roofline(cfg, device, 1.0))
+    return {"setting": {"device": torch.cuda.get_device_name(device), "profile": p.name, "image_size": p.image_size,
+                        "prep_size": p.prep_size, "width": p.width, "precision": p.precision, "channels_last": True,
+                        "synthetic_images": n_images, "limit_s": limit_s, "budget": dataclasses.asdict(budget),
+                        "torch": torch.__version__},
+            "rows": rows, "roofline": roof}
+
+
+def paper_run_hours(ips: float) -> float:
+    """Hours for 90 ImageNet-1k epochs (1,281,167 images each) at `ips` images/s."""
+    return PAPER_EPOCHS * IMAGENET_TRAIN / ips / 3600
+
+
+def print_gpu(res: dict) -> None:
+    s = res["setting"]
+    print(f"\nGPU synthetic: {s['device']}; paper AlexNet ({s['image_size']} px, width {s['width']}), bf16 autocast, "
+          f"channels_last, SGD; {s['synthetic_images']} uint8 {s['prep_size']} px images on the GPU through "
+          f"core.augment.Pipeline; each variant capped near {s['limit_s']:.0f} s including warm-up/compile\n")
+    print(f"{'variant':38s} {'batch':>5s} {'images/s':>9s} {'ms/step':>8s} {'warm-up':>8s} {'90 epochs':>10s}  note")
+    for t in res["rows"]:
+        hours = _fmt(paper_run_hours(t.ips), ".1f") + " h" if t.ips == t.ips else "n/a"
+        print(f"{t.name:38s} {t.batch:5d} {_fmt(t.ips, '.0f'):>9s} {_fmt(t.ms_per_batch, '.1f'):>8s} "
+              f"{t.warmup_s:7.1f}s {hours:>10s}  {('ERROR ' + t.error) if t.error else t.note}")
+    roof = res["roofline"]
+    if "error" in roof:
+        print(f"roofline: failed: {roof['error']}")
+    else:
+        print(f"roofline: {roof['train_gflop_per_image']:.3f} GFLOP/image (fwd+bwd); bf16 mm "
+              f"{roof['matmul_gflops'] / 1000:.0f} TFLOP/s -> {roof['images_per_s']:.0f} images/s "
+              f"({paper_run_hours(roof['images_per_s']):.1f} h for 90 epochs); fp32 mm "
+              f"{roof['fp32_matmul_gflops'] / 1000:.0f} TFLOP/s")
+
+
+# ------------------------------------------------------------------------------- command line
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="cpu", help="profile from experiments.yaml (default: cpu)")
+    ap.add_argument("--batches", type=int, help="timed batches per measurement (more than an epoch: one "
+                                                "whole epoch for the harness rows)")
+    ap.add_argument("--seconds", type=float, help="timed seconds per measurement (default 20; GPU: 10)")
+    ap.add_argument("--quick", action="store_true", help="2 timed batches per measurement after 1 warm-up "
+                                                         "(GPU: 3 s); for checking, not for numbers")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--data-root", help="ImageFolder root with train/ and val/ (else $ALEXNET_DATA_ROOT, "
+                                        "else the default folders)")
+    ap.add_argument("--cache-dir", help="uint8 cache folder (else $ALEXNET_CACHE_DIR, else ~/.cache/alexnet-ablation)")
+    ap.add_argument("--device", default="auto", help="cpu, cuda, ... (default: CUDA when available, like the engine)")
+    ap.add_argument("--config", default=str(REPO / "experiments.yaml"), help="experiments file")
+    ap.add_argument("--skip", default="", help=f"comma-separated parts to leave out: {', '.join(SECTIONS)}")
+    ap.add_argument("--gpu-synthetic", action="store_true", help="the paper-size model on CUDA with synthetic "
+                                                                 "images (ignores --profile and the data options)")
+    return ap
+
+
+def make_budget(args, gpu: bool) -> Budget:
+    if args.batches is not None and args.batches < 1:
+        raise ConfigError(f"--batches must be at least 1, got {args.batches}")
+    if args.batches:
+        return Budget(batches=args.batches, warmup=1 if args.quick else 2)
+    if args.seconds:
+        return Budget(seconds=args.seconds, warmup=1 if args.quick else 2)
+    if args.quick:
+        return Budget(seconds=3.0, warmup=3) if gpu else Budget(batches=2, warmup=1)
+    return Budget(seconds=10.0 if gpu else 20.0)
+
+
+def parse_skip(text: str) -> set[str]:
+    skip = {s.strip() for s in text.split(",") if s.strip()}
+    unknown = skip - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown --skip part(s) {sorted(unknown)}; choices: {', '.join(SECTIONS)}")
+    return skip
+
+
+def to_json(res: dict) -> dict:
+    """Timings as dicts, nan as null."""
+    def conv(v):
+        if isinstance(v, Timing):
+            return v.as_dict()
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        return _num(v) if isinstance(v, float) else v
+    return conv(res)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("ALEXNET_THREADS", os.cpu_count() or 1)))   # as core.engine.train
+    try:
+        budget, skip = make_budget(args, args.gpu_synthetic), parse_skip(args.skip)
+        if args.gpu_synthetic:
+            res = run_gpu(args.config, budget, limit_s=15.0 if args.quick else 40.0)
+            print_gpu(res)
+        else:
+            ex = load_experiments(args.config)
+            cfg = RunConfig(ex.profile(args.profile), ex.baseline, 0)
+            data, root = load_data(cfg, args.data_root, args.cache_dir)
+            res = run_cpu(cfg, data, root, resolve_device(args.device), budget, skip, args.quick)
+            print_cpu(res)
+    except (ConfigError, DataError, BenchError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(to_json(res), f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -78,12 +78,14 @@ class RunConfig:
         prof["stem"] = list(self.profile.stem)
         return {"seed": self.seed, "toggles": as_dict(self.toggles), "profile": prof,
                 "derived": {"epochs": self.epochs, "prep_size": self.profile.prep_size,
-                            "lr_patience": self.patience, "num_classes": self.profile.num_classes}}
+                            "lr_patience": self.patience}}
 
     def hash(self) -> str:
-        """Stable hash of the resolved config and seed (the description is not part of it)."""
+        """Stable hash of the resolved config and seed. Leaves out what cannot change a result
+        (the profile's description and evaluation batch size)."""
         data = self.resolved()
-        data["profile"].pop("description", None)
+        for key in ("description", "eval_batch_size"):
+            data["profile"].pop(key, None)
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -37,17 +37,18 @@ class Result:
     wall_s: float
 
 
-def arch_for(cfg: RunConfig) -> Arch:
+def arch_for(cfg: RunConfig, num_classes: int | None = None) -> Arch:
+    """num_classes: from the data (default: the profile's dataset, 10 or 1000)."""
     p, t = cfg.profile, cfg.toggles
-    return Arch(num_classes=p.num_classes, image_size=p.image_size, width=p.width, stem=p.stem,
+    return Arch(num_classes=num_classes or p.num_classes, image_size=p.image_size, width=p.width, stem=p.stem,
                 lrn=t.lrn, lrn_alpha=LRN_ALPHA[t.lrn_alpha], overlap_pool=t.overlap_pool,
                 groups=t.groups, dropout=t.dropout, final_relu=t.final_relu)
 
 
-def build_model(cfg: RunConfig) -> AlexNet:
+def build_model(cfg: RunConfig, num_classes: int | None = None) -> AlexNet:
     """Seeded so that seed k gives the same initial weights to every variant of one architecture."""
     torch.manual_seed(cfg.seed)
-    model = AlexNet(arch_for(cfg))
+    model = AlexNet(arch_for(cfg, num_classes))
     init_weights(model, cfg.toggles.init, output_bias=1.0 if cfg.toggles.output_bias == "seed" else 0.0)
     if cfg.profile.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -134,7 +135,8 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
     torch.set_num_threads(int(os.environ.get("ALEXNET_THREADS", os.cpu_count() or 1)))
     p, t = cfg.profile, cfg.toggles
     dev = resolve_device(device)
-    model = build_model(cfg).to(dev)
+    num_classes = len(data.train.classes)
+    model = build_model(cfg, num_classes).to(dev)
     torch.manual_seed(cfg.seed)   # dropout stream, independent of how many draws init took
     pipeline = build_pipeline(cfg, data.stats).to(dev)
     optimizer = build_optimizer(model.parameters(), p.lr, p.momentum, p.weight_decay)
@@ -165,7 +167,7 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
                                 average=t.tta_average, channels_last=p.channels_last, precision=p.precision))
         run.log_metrics({k: metrics[k] for k in ("val10_top1_err", "val10_top5_err")}, step=epoch)
     wall = time.perf_counter() - start_wall
-    outcome = outcome_of(metrics.get("val_top1_err", 1.0), p.num_classes, diverged)
+    outcome = outcome_of(metrics.get("val_top1_err", 1.0), num_classes, diverged)
     run.set_tags({"outcome": outcome})
     run.log_metrics({"wall_time_s": wall}, step=epoch)
     run.log_state_dict(model.state_dict(), "model/weights.pt")

@@ -83,19 +83,22 @@ class MlflowTracker:
 
     @contextlib.contextmanager
     def _run(self, name, params, tags, nested: bool) -> Iterator[_MlflowRun]:
+        """A run that always ends with a status: FINISHED, KILLED (Ctrl-C / SIGTERM) or FAILED."""
         import mlflow
-        with mlflow.start_run(run_name=name, nested=nested, tags={k: str(v) for k, v in tags.items()},
-                              parent_run_id=self._parent_id if nested else None,
-                              experiment_id=self.experiment_id,
-                              log_system_metrics=self.system_metrics) as active:
-            run = _MlflowRun(self.client, active.info.run_id)
+        active = mlflow.start_run(run_name=name, nested=nested, tags={k: str(v) for k, v in tags.items()},
+                                  parent_run_id=self._parent_id if nested else None,
+                                  experiment_id=self.experiment_id, log_system_metrics=self.system_metrics)
+        try:
             if params:
                 mlflow.log_params({k: str(v) for k, v in params.items()})
-            try:
-                yield run
-            except KeyboardInterrupt:
-                mlflow.end_run("KILLED")    # recorded as killed, never left RUNNING
-                raise
+            yield _MlflowRun(self.client, active.info.run_id)
+        except KeyboardInterrupt:
+            mlflow.end_run("KILLED")
+            raise
+        except BaseException:
+            mlflow.end_run("FAILED")
+            raise
+        mlflow.end_run("FINISHED")
 
     @contextlib.contextmanager
     def parent(self, name, tags, params):
