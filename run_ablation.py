@@ -68,7 +68,15 @@ def main(argv=None) -> int:
     # because shells start background jobs with it ignored.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    args = parser().parse_args(argv)
+    try:
+        return _main(parser().parse_args(argv))
+    except KeyboardInterrupt:
+        print("interrupted: the current run (if any) is marked KILLED in MLflow; run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
+
+
+def _main(args) -> int:
     try:
         experiments = load_experiments(args.config)
         if args.list:
@@ -86,13 +94,8 @@ def main(argv=None) -> int:
     print(f"{args.grid}: {len(cells)} cells on profile {args.profile} "
           f"({len(data.train.labels)} train / {len(data.val.labels)} val images from {data.train.root}); "
           f"MLflow {tracker.client.tracking_uri}, experiment {args.experiment!r}", file=sys.stderr)
-    try:
-        out = run_grid(experiments, args.grid, args.profile, args.seeds, tracker, data, rerun=args.rerun, device=args.device,
-                       command=shlex.join(["python", *sys.argv]))
-    except KeyboardInterrupt:
-        print("interrupted: the current run is marked KILLED; run the same command again to resume",
-              file=sys.stderr)
-        return 130
+    out = run_grid(experiments, args.grid, args.profile, args.seeds, tracker, data, rerun=args.rerun,
+                   device=args.device, command=shlex.join(["python", *sys.argv]))
     print(f"done: {len(out.ran)} trained, {len(out.skipped)} already finished (skipped); "
           f"parent run {out.parent_id}. Next: mlflow ui, or python report.py --grid {args.grid}"
           + (f" --experiment {args.experiment}" if args.experiment != DEFAULT_EXPERIMENT else ""),

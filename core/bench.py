@@ -1,7 +1,7 @@
 """Speed benchmark: the harness's training loop next to a seed-style loop, the bare compute, and
 the matmul roofline, all on the same model size, data and machine.
 
-    python -m core.bench --profile cpu                  # table + ratios, ~20 s per measurement
+    python -m core.bench --profile cpu                  # table + ratios: 20 s per measurement, ~5 min
     python -m core.bench --profile cpu --quick          # 2 timed batches per measurement (smoke check)
     python -m core.bench --profile cpu --batches 74     # 74 batches each (cpu: the harness's whole epoch)
     python -m core.bench --profile cpu --json out.json  # also write the results as JSON
@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -39,7 +39,7 @@ from torch import nn
 
 from .augment import IMAGENET_MEAN, draw_epoch
 from .config import ConfigError, RunConfig, load_experiments
-from .data import REPO, DataError, Split, Stats, resolve_root, scan
+from .data import REPO, DataError, Split, Stats, load_split, resolve_root, scan, train_stats
 from .engine import (Data, _layout, autocast, build_model, build_pipeline, evaluate, resolve_device,
                      train_one_epoch)
 from .flops import matmul_gflops, sync, train_flops_per_image
@@ -103,7 +103,7 @@ def time_calls(name: str, batch: int, run: Callable[[int, int], int], budget: Bu
     returns the images it saw. One untimed warm-up call, then one call of budget.batches, or
     calls of budget.chunk batches until budget.seconds have passed."""
     t0 = time.perf_counter()
-    run(warmup or budget.warmup, 0)
+    run(budget.warmup if warmup is None else warmup, 0)
     sync(device)
     out = Timing(name, batch, warmup_s=time.perf_counter() - t0)
     start = time.perf_counter()
@@ -122,7 +122,7 @@ def time_steps(name: str, batch: int, step: Callable[[], int], budget: Budget, d
     warm-up steps, then budget.batches steps or budget.seconds; with limit_s, the timed part stops
     once warm-up plus timing reach limit_s (but runs at least 3 s)."""
     t0 = time.perf_counter()
-    for _ in range(warmup or budget.warmup):
+    for _ in range(budget.warmup if warmup is None else warmup):
         step()
     sync(device)
     out = Timing(name, batch, warmup_s=time.perf_counter() - t0)
@@ -262,7 +262,9 @@ class SeedStyleJpegs(torch.utils.data.Dataset):
 
 def measure_plain(cfg: RunConfig, root, device: torch.device, budget: Budget) -> Timing:
     """(b) the seed's loop: DataLoader(shuffle, 2 workers) over SeedStyleJpegs, fp32, NCHW, the same
-    AlexNet size with nn.LocalResponseNorm. Worker restarts at each pass are included."""
+    AlexNet size with nn.LocalResponseNorm. The warm-up steps use a random batch, so the timed part
+    starts a fresh pass over the loader: worker start-up is included, as in each of the seed's
+    epochs, and no batch is prefetched before the clock starts."""
     p = cfg.profile
     samples, _ = scan(root, "train", max_per_class=p.max_per_class)
     loader = torch.utils.data.DataLoader(SeedStyleJpegs(samples, p.prep_size, p.image_size),
@@ -271,13 +273,22 @@ def measure_plain(cfg: RunConfig, root, device: torch.device, budget: Budget) ->
     plain = variant_config(cfg, channels_last=False, precision="fp32")
     model, optimizer = new_model(plain, device, torch_lrn=True)
     model.train()
-    batches = (batch for _ in itertools.count() for batch in loader)   # passes back to back
+    x0 = torch.randn(p.batch_size, 3, p.image_size, p.image_size, device=device)
+    y0 = torch.zeros(p.batch_size, dtype=torch.long, device=device)
+    for _ in range(budget.warmup):
+        train_step(model, optimizer, x0, y0, device, "fp32")
+    batches = (batch for _ in itertools.count() for batch in loader)   # passes back to back, started lazily
 
     def step() -> int:
         x, y = next(batches)
         train_step(model, optimizer, x.to(device), y.to(device), device, "fp32")
         return len(x)
-    return time_steps("plain", p.batch_size, step, budget, device)
+    try:
+        out = time_steps("plain", p.batch_size, step, budget, device, warmup=0)
+    finally:
+        batches.close()   # stops the loader's workers now, before the next measurement
+    out.note = "timed from a fresh pass (worker start-up included)"
+    return out
 
 
 # ------------------------------------------------------------------------------- (c) compute only
@@ -306,7 +317,7 @@ def premade(cfg: RunConfig, data: Data, device: torch.device, count: int = 3) ->
     n = min(len(data.train.labels), count * p.batch_size)
     draws = draw_epoch(n, data.train.images.shape[-1], p.image_size, cfg.seed, 0)
     starts = range(0, max(n - p.batch_size, 0) + 1, p.batch_size)
-    return [pipeline.train_batch(np.asarray(data.train.images[s:s + p.batch_size]), draws, s) for s in starts]
+    return [pipeline.train_batch(np.array(data.train.images[s:s + p.batch_size]), draws, s) for s in starts]
 
 
 def measure_compute(name: str, cfg: RunConfig, batches: list[torch.Tensor], device: torch.device,
@@ -377,7 +388,7 @@ def mlflow_logging(epochs: int) -> dict:
 # ------------------------------------------------------------------------------- the CPU table
 LABELS = {
     "harness": "(a) harness train_one_epoch",
-    "plain": f"(b) plain: DataLoader({PLAIN_WORKERS} workers), PIL+albumentations",
+    "plain": f"(b) plain: seed-style DataLoader, {PLAIN_WORKERS} workers",
     "compute": "(c) compute only (pre-made batches)",
     "eval": "harness evaluate (centre crop)",
     "compute_no_lrn": "compute, lrn=False",
@@ -392,7 +403,6 @@ LABELS = {
 
 def load_data(cfg: RunConfig, data_root: str | None, cache: str | None) -> tuple[Data, object]:
     """The profile's uint8 caches (decoded once, then reused) and training statistics."""
-    from .data import load_split, train_stats
     p = cfg.profile
     root = resolve_root(p.dataset, data_root)
     train = load_split(root, "train", p.prep_size, max_per_class=p.max_per_class, cache=cache)
@@ -421,7 +431,7 @@ def compute_variants(cfg: RunConfig, skip: set[str]) -> dict[str, tuple[RunConfi
 def run_cpu(cfg: RunConfig, data: Data, root, device: torch.device, budget: Budget,
             skip: set[str] = frozenset(), quick: bool = False) -> dict:
     """Every measurement of the table, each guarded (a failure is reported, the rest still run)."""
-    p, rows = cfg.profile, {}
+    rows: dict[str, Timing] = {}
 
     def add(key: str, measure: Callable[[], Timing]) -> None:
         print(f"  measuring {LABELS[key]} ...", file=sys.stderr, flush=True)
@@ -502,36 +512,42 @@ def _fmt(x: float | None, spec: str = ".1f", none: str = "n/a") -> str:
 
 def print_cpu(res: dict) -> None:
     """The readable report: settings, the table, the ratios, the variants, MLflow."""
-    s, rows, r = res["setting"], res["rows"], res["ratios"]
-    b = s["budget"]
+    s, b = res["setting"], res["setting"]["budget"]
     print(f"\nAlexNet speed, profile {s['profile']}: {s['image_size']} px crops of {s['prep_size']} px, "
           f"width {s['width']}, batch {s['batch_size']}, {'channels_last' if s['channels_last'] else 'NCHW'}, "
           f"{s['precision']}; {s['train_images']} train images; device {s['device']}, {s['threads']} threads "
           f"on {s['cpus']} CPUs, load average {_fmt(s['load_average_1min'], '.2f')} at the end")
     print(f"budget per measurement: {b['batches'] or ''}{' batches' if b['batches'] else str(b['seconds']) + ' s'}"
           f" after {b['warmup']} warm-up batches\n")
+    _print_table(res["rows"], res.get("roofline"))
+    _print_ratios(res["ratios"], res["rows"].get("compute_compiled"))
+    _print_mlflow(res.get("mlflow"), res["ratios"])
+
+
+def _print_table(rows: dict[str, Timing], roof: dict | None) -> None:
     print(f"{'measurement':50s} {'images/s':>9s} {'ms/batch':>9s} {'timed':>7s} {'warm-up':>8s}  note")
     for key, t in rows.items():
         tail = f"ERROR {t.error}" if t.error else t.note
         print(f"{LABELS[key]:50s} {_fmt(t.ips):>9s} {_fmt(t.ms_per_batch, '.0f'):>9s} "
               f"{t.seconds:6.1f}s {t.warmup_s:7.1f}s  {tail}")
-    roof = res.get("roofline")
     if roof:
         note = roof.get("error") or (f"{roof['train_gflop_per_image']:.3f} GFLOP/image (fwd+bwd) at "
-                                     f"{roof['matmul_gflops']:.1f} GFLOP/s ({roof['matmul_dtype']} mm {roof['matmul_n']})")
-        print(f"{'(d) roofline (matmul-bound)':50s} {_fmt(roof.get('images_per_s')):>9s} {'':>9s} {'':>7s} {'':>8s}  {note}")
+                                     f"{roof['matmul_gflops']:.1f} GFLOP/s ({roof['matmul_dtype']} mm "
+                                     f"{roof['matmul_n']})")
+        print(f"{'(d) roofline (matmul-bound)':50s} {_fmt(roof.get('images_per_s')):>9s} {'':37s}  {note}")
+
+
+def _print_ratios(r: dict, compiled: Timing | None) -> None:
     print("\nratios")
     for key in ("harness/plain", "harness/compute", "harness/roofline"):
-        print(f"  {key:28s} {_fmt(r[key], '.3f')}")
+        print(f"  {key:40s} {_fmt(r[key], '.3f')}")
     print("compute-only comparisons")
     print(f"  {'LRN overhead, core.lrn.LRN':40s} {_fmt(_pct(r['lrn_overhead_core']), '.1f')} %")
     print(f"  {'LRN overhead, nn.LocalResponseNorm':40s} {_fmt(_pct(r['lrn_overhead_torch']), '.1f')} %")
     print(f"  {'channels_last / contiguous':40s} {_fmt(r['channels_last/contiguous'], '.3f')}")
     print(f"  {'bf16 autocast / fp32':40s} {_fmt(r['bf16/fp32'], '.3f')}")
-    compiled = rows.get("compute_compiled")
     print(f"  {'torch.compile / eager':40s} "
           + (f"failed: {compiled.error}" if compiled and compiled.error else _fmt(r["compile/eager"], ".3f")))
-    _print_mlflow(res.get("mlflow"), r)
 
 
 def _pct(x: float | None) -> float | None:
@@ -569,8 +585,8 @@ def gpu_batches(pipeline, images: torch.Tensor, labels: torch.Tensor, batch: int
             yield _layout(pipeline.train_batch(images[idx], draws, start), True), labels[idx]
 
 
-def measure_gpu(name: str, cfg: RunConfig, pipeline, images, labels, batch: int, compiled: bool,
-                budget: Budget, limit_s: float, augment: bool = True) -> Timing:
+def measure_gpu(name: str, cfg: RunConfig, pipeline, images, labels, batch: int, budget: Budget,
+                limit_s: float, compiled: bool = False, augment: bool = True) -> Timing:
     """(e) one GPU variant: SGD steps of cfg's model (bf16 autocast, channels_last) on batches from
     gpu_batches, or (augment=False) on one pre-made batch; compile happens in the warm-up."""
     torch._dynamo.reset()
@@ -596,32 +612,63 @@ def gpu_roofline(cfg: RunConfig, device: torch.device, seconds: float) -> dict:
     return out
 
 
+def measure_gpu_engine(name: str, cfg: RunConfig, pipeline, images: np.ndarray, labels: np.ndarray,
+                       batch: int, budget: Budget) -> Timing:
+    """core.engine.train_one_epoch itself on the GPU, fed uint8 images from host memory as the
+    engine reads its cache (host gather and host-to-GPU copy per batch included; a RAM array, so
+    no disk reads)."""
+    device = pipeline.device
+    model, optimizer = new_model(cfg, device)
+    split = Split(images, labels, (), "", "")
+
+    def run(batches: int, call: int) -> int:
+        return train_one_epoch(model, optimizer, pipeline, window(split, batches * batch, call), batch, cfg.seed,
+                               call, True, cfg.profile.precision)[1]
+    return time_calls(name, batch, run, budget, device, warmup=max(budget.warmup, 3))
+
+
+GPU_VARIANTS = (("pipeline + train, eager", {"compiled": False, "augment": True}),
+                ("pipeline + train, torch.compile", {"compiled": True, "augment": True}),
+                ("train only (pre-made batch), eager", {"compiled": False, "augment": False}))
+GPU_ENGINE = "train_one_epoch, host uint8 -> GPU, eager"
+
+
 def run_gpu(config: str, budget: Budget, limit_s: float = 40.0, n_images: int = 8192,
-            batches: tuple[int, ...] = (128, 512)) -> dict:
-    """The paper profile's AlexNet on CUDA with synthetic uint8 images kept on the GPU: for each
-    batch size, pipeline + training eager and compiled, and training alone on a pre-made batch."""
-    if not torch.cuda.is_available():
+            batches: tuple[int, ...] = (128, 512), profile: str = "paper", device: str = "cuda") -> dict:
+    """The paper profile's AlexNet on CUDA (bf16 autocast, channels_last) with synthetic uint8
+    images: for each batch size, GPU_VARIANTS on images kept on the GPU, then the engine's own
+    loop fed from host memory. Each variant is guarded and capped near limit_s. (profile and
+    device exist for dry runs of this code on a CPU.)"""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError("--gpu-synthetic needs a CUDA GPU, and torch.cuda.is_available() is False "
                          f"here (torch {torch.__version__}, CUDA build {torch.version.cuda}); run it on a GPU machine")
-    device = torch.device("cuda")
     ex = load_experiments(config)
-    cfg = variant_config(RunConfig(ex.profile("paper"), ex.baseline, 0), channels_last=True, precision="bf16")
+    cfg = variant_config(RunConfig(ex.profile(profile), ex.baseline, 0), channels_last=True, precision="bf16")
     p = cfg.profile
     torch.manual_seed(0)
     images = torch.randint(0, 256, (n_images, 3, p.prep_size, p.prep_size), dtype=torch.uint8, device=device)
     labels = torch.randint(0, p.num_classes, (n_images,), device=device)
     pipeline = build_pipeline(cfg, synthetic_stats(p.prep_size)).to(device)
+    host_images, host_labels = images.cpu().numpy(), labels.cpu().numpy()
     rows = []
-    for batch, (label, compiled, augment) in itertools.product(
-            batches, [("pipeline + train, eager", False, True), ("pipeline + train, torch.compile", True, True),
-                      ("train only (pre-made batch), eager", False, False)]):
-        print(f"  measuring {label}, batch {batch} ...", file=sys.stderr, flush=True)
-        rows.append(guarded(label, lambda: measure_gpu(label, cfg, pipeline, images, labels, batch, compiled,
-                                                       budget, limit_s, augment)))
+
+    def add(name: str, batch: int, measure: Callable[[], Timing]) -> None:
+        print(f"  measuring {name}, batch {batch} ...", file=sys.stderr, flush=True)
+        rows.append(guarded(name, measure))
         rows[-1].batch = batch
-        torch.cuda.empty_cache()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    for batch in batches:
+        for name, kw in GPU_VARIANTS:
+            add(name, batch, lambda: measure_gpu(name, cfg, pipeline, images, labels, batch, budget=budget,
+                                                 limit_s=limit_s, **kw))
+        add(GPU_ENGINE, batch, lambda: measure_gpu_engine(GPU_ENGINE, cfg, pipeline, host_images, host_labels,
+                                                          batch, budget))
     roof = guarded_dict(lambda: gpu_roofline(cfg, device, 1.0))
-    return {"setting": {"device": torch.cuda.get_device_name(device), "profile": p.name, "image_size": p.image_size,
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    return {"setting": {"device": name, "profile": p.name, "image_size": p.image_size,
                         "prep_size": p.prep_size, "width": p.width, "precision": p.precision, "channels_last": True,
                         "synthetic_images": n_images, "limit_s": limit_s, "budget": dataclasses.asdict(budget),
                         "torch": torch.__version__},
@@ -634,23 +681,25 @@ def paper_run_hours(ips: float) -> float:
 
 
 def print_gpu(res: dict) -> None:
+    """The GPU table: images/s per variant and what 90 ImageNet epochs would take at that rate."""
     s = res["setting"]
-    print(f"\nGPU synthetic: {s['device']}; paper AlexNet ({s['image_size']} px, width {s['width']}), bf16 autocast, "
-          f"channels_last, SGD; {s['synthetic_images']} uint8 {s['prep_size']} px images on the GPU through "
-          f"core.augment.Pipeline; each variant capped near {s['limit_s']:.0f} s including warm-up/compile\n")
-    print(f"{'variant':38s} {'batch':>5s} {'images/s':>9s} {'ms/step':>8s} {'warm-up':>8s} {'90 epochs':>10s}  note")
+    print(f"\nGPU synthetic: {s['device']}; {s['profile']} profile's AlexNet ({s['image_size']} px, width "
+          f"{s['width']}), bf16 autocast, channels_last, SGD; {s['synthetic_images']} uint8 {s['prep_size']} px "
+          f"images through core.augment.Pipeline on the GPU; each variant capped near {s['limit_s']:.0f} s "
+          f"including warm-up/compile\n")
+    print(f"{'variant':42s} {'batch':>5s} {'images/s':>9s} {'ms/step':>8s} {'warm-up':>8s} {'90 epochs':>10s}  note")
     for t in res["rows"]:
         hours = _fmt(paper_run_hours(t.ips), ".1f") + " h" if t.ips == t.ips else "n/a"
-        print(f"{t.name:38s} {t.batch:5d} {_fmt(t.ips, '.0f'):>9s} {_fmt(t.ms_per_batch, '.1f'):>8s} "
+        print(f"{t.name:42s} {t.batch:5d} {_fmt(t.ips, '.0f'):>9s} {_fmt(t.ms_per_batch, '.1f'):>8s} "
               f"{t.warmup_s:7.1f}s {hours:>10s}  {('ERROR ' + t.error) if t.error else t.note}")
     roof = res["roofline"]
     if "error" in roof:
         print(f"roofline: failed: {roof['error']}")
     else:
         print(f"roofline: {roof['train_gflop_per_image']:.3f} GFLOP/image (fwd+bwd); bf16 mm "
-              f"{roof['matmul_gflops'] / 1000:.0f} TFLOP/s -> {roof['images_per_s']:.0f} images/s "
+              f"{roof['matmul_gflops'] / 1000:.1f} TFLOP/s -> {roof['images_per_s']:.0f} images/s "
               f"({paper_run_hours(roof['images_per_s']):.1f} h for 90 epochs); fp32 mm "
-              f"{roof['fp32_matmul_gflops'] / 1000:.0f} TFLOP/s")
+              f"{roof['fp32_matmul_gflops'] / 1000:.1f} TFLOP/s")
 
 
 # ------------------------------------------------------------------------------- command line

@@ -72,16 +72,17 @@ def test_alphas_are_normal_0_01():
 
 # --- FancyPCA (the seed's) ---------------------------------------------------------------------
 
-def test_fancy_pca_changes_about_half_and_stays_uint8(shared_tiny_data):
+def test_fancy_pca_changes_about_half_and_stays_uint8():
     big = draw_epoch(4000, PREP, CROP, seed=0, epoch=1)
     assert big.fancy.float().mean().item() == pytest.approx(0.5, abs=0.03)
-    images = np.concatenate([np.asarray(shared_tiny_data.train.images)] * 2)   # 36 images
-    apply = big.fancy[:len(images)]
-    alphas = big.alphas[:len(images)] * 5                             # strong, so clipping happens
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 3, PREP, PREP)).astype(np.uint8)    # full-contrast images
+    apply, alphas = big.fancy[:40], big.alphas[:40]
     out = Pipeline.fancy_pca(images, apply, alphas)
     assert out.dtype == np.uint8 and out.shape == images.shape
     changed = np.array([not np.array_equal(o, i) for o, i in zip(out, images)])
-    assert np.array_equal(changed, apply.numpy())
+    assert not changed[~apply.numpy()].any()                          # p: untouched when not drawn
+    assert changed[apply.numpy()].mean() >= 0.8
     assert 0.25 < changed.mean() < 0.75
     # saturating, not wrapping around: a near-white image stays bright
     white = np.full((1, 3, 8, 8), 250, np.uint8)
@@ -90,12 +91,33 @@ def test_fancy_pca_changes_about_half_and_stays_uint8(shared_tiny_data):
     assert bright.min() > 200
 
 
-def test_fancy_pca_pipeline_feeds_only_drawn_images(shared_tiny_data):
+def test_fancy_pca_is_one_rgb_shift_per_image_from_its_own_pca():
+    """The seed's FancyPCA (albumentations 1.3.0, which the seed pinned): the paper's lighting with
+    the PCA of the image itself: one RGB shift eigvec_img @ (alpha * eigval_img) * 255 added to
+    every pixel. Checked on a photo-like image (correlated channels, no clipping)."""
+    yy, xx = np.mgrid[0:PREP, 0:PREP]
+    lum = 40 + 170 * (0.6 * yy + 0.4 * xx) / (PREP - 1)
+    rng = np.random.default_rng(1)
+    img = np.stack([lum, 0.8 * lum + 20, 0.6 * lum + 30]) + rng.normal(0, 4, (3, PREP, PREP))
+    img = np.clip(np.round(img), 0, 255).astype(np.uint8)[None]
+    alpha = np.array([1.0, -0.5, 0.5])                                 # large, so rounding cannot hide it
+    out = Pipeline.fancy_pca(img, torch.tensor([True]), torch.tensor(alpha[None], dtype=torch.float32))
+    diff = out[0].astype(np.float64) - img[0]                          # (3, P, P)
+    spread = diff.reshape(3, -1).max(1) - diff.reshape(3, -1).min(1)
+    assert np.all(spread <= 2), f"per-pixel change varies by {spread} levels: not one shift per image"
+    val, vec = np.linalg.eigh(np.cov(img[0].reshape(3, -1) / 255.0))
+    val, vec = val[::-1], vec[:, ::-1]
+    along = vec.T @ diff.reshape(3, -1).mean(1)                       # the shift in the image's PCA basis
+    np.testing.assert_allclose(np.abs(along), np.abs(alpha * val * 255), atol=1.0)
+
+
+def test_fancy_pca_pipeline_touches_only_drawn_images(shared_tiny_data):
     images, draws = epoch_batch(shared_tiny_data)
     fancy = pipeline(shared_tiny_data, pca="fancy_pca").train_batch(images, draws, 0)
     plain = pipeline(shared_tiny_data, pca="none").train_batch(images, draws, 0)
-    differs = [(not torch.equal(f, p)) for f, p in zip(fancy, plain)]
-    assert differs == draws.fancy[:len(images)].tolist()
+    for f, p, drawn in zip(fancy, plain, draws.fancy[:len(images)].tolist()):
+        if not drawn:
+            assert torch.equal(f, p)
 
 
 # --- crops and draws ---------------------------------------------------------------------------
@@ -163,11 +185,11 @@ def test_random_resized_crop_boxes(shared_tiny_data):
         rows, cols = out[i, 0, :, s // 2], out[i, 1, s // 2, :]
         ch = (rows[hi] - rows[lo]).item() * s / (hi - lo)
         cw = (cols[hi] - cols[lo]).item() * s / (hi - lo)
-        assert abs(ch - round(ch)) < 0.05 and abs(cw - round(cw)) < 0.05
+        assert abs(ch - round(ch)) < 0.25 and abs(cw - round(cw)) < 0.25   # (antialias: not exact)
         ch, cw = round(ch), round(cw)
         top = rows[lo].item() - ((lo + 0.5) * ch / s - 0.5)
         left = cols[lo].item() - ((lo + 0.5) * cw / s - 0.5)
-        assert -0.05 < top and top + ch < p + 0.05 and -0.05 < left and left + cw < p + 0.05
+        assert -0.3 < top and top + ch < p + 0.3 and -0.3 < left and left + cw < p + 0.3
         areas.append(ch * cw / p ** 2)
         ratios.append(cw / ch)
     areas, ratios = np.array(areas), np.array(ratios)
@@ -201,7 +223,7 @@ def test_non_data_toggle_gives_identical_batches(shared_tiny_data):
 # --- evaluation views (§4.1) -------------------------------------------------------------------
 
 def test_ten_views_are_corners_centre_and_mirrors(shared_tiny_data):
-    images = np.asarray(shared_tiny_data.val.images[:4])
+    images = np.array(shared_tiny_data.val.images[:4])
     views = pipeline(shared_tiny_data).eval_views(images, ten_crop=True)
     assert len(views) == 10
     mean_image = torch.from_numpy(shared_tiny_data.stats.mean_image).double()
@@ -220,7 +242,7 @@ def test_ten_views_are_corners_centre_and_mirrors(shared_tiny_data):
 
 @pytest.mark.parametrize("input_scale", ["paper", "unit_std"])
 def test_centre_view_is_centre_crop_of_normalised_image(shared_tiny_data, input_scale):
-    images = np.asarray(shared_tiny_data.val.images[:3])
+    images = np.array(shared_tiny_data.val.images[:3])
     (view,) = pipeline(shared_tiny_data, input_scale=input_scale).eval_views(images, ten_crop=False)
     x = torch.from_numpy(images).double()
     if input_scale == "paper":

@@ -82,3 +82,14 @@ def test_seed_alpha_is_the_seed_code():
     torch.testing.assert_close(LRN(5, LRN_ALPHA["seed"], 0.75, 2.0)(a), seed_code, rtol=1e-5, atol=1e-5)
     # and it is a different (stronger) normalisation than the paper's
     assert not torch.allclose(LRN(5, LRN_ALPHA["paper"], 0.75, 2.0)(a), seed_code, rtol=1e-3, atol=1e-3)
+
+
+def test_channels_last_input_gives_the_same_result():
+    a = realistic((2, 10, 4, 4), torch.float32, seed=8)
+    cl = a.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    out = LRN()(cl)
+    torch.testing.assert_close(out, lrn_reference(a.double()).float(), rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    x = a.double().clone().requires_grad_(True)
+    lrn_reference(x).sum().backward()
+    torch.testing.assert_close(cl.grad.double(), x.grad, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,112 @@
+"""Bad input gets one clear message naming the fix, exit code 2, and leaves no MLflow run behind."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(tmp_path, *args, env_extra=None):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k != "ALEXNET_DATA_ROOT"} | (env_extra or {})
+    res = subprocess.run([sys.executable, "run_ablation.py", "--profile", "smoke", "--tracking-uri", uri,
+                          "--cache-dir", str(tmp_path / "cache"), *args],
+                         cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    return res, uri
+
+
+def no_runs(uri: str) -> bool:
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(search_all_experiments=True).empty
+
+
+def error_line(res) -> str:
+    lines = [l for l in res.stderr.splitlines() if l.startswith("error: ")]
+    assert len(lines) == 1, res.stderr[-2000:]
+    return lines[0]
+
+
+def test_unknown_grid_lists_choices(tmp_path, tiny_imagefolder):
+    res, uri = run_cli(tmp_path, "--grid", "nope", "--data-root", str(tiny_imagefolder))
+    assert res.returncode == 2
+    assert "unknown grid 'nope'" in error_line(res) and "deviations" in error_line(res)
+    assert no_runs(uri)
+
+
+def test_unknown_profile_lists_choices(tmp_path, tiny_imagefolder):
+    res, uri = run_cli(tmp_path, "--grid", "deviations", "--profile", "huge", "--data-root", str(tiny_imagefolder))
+    assert res.returncode == 2 and "unknown profile 'huge'" in error_line(res) and "smoke" in error_line(res)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("baseline: {lrn: maybe}\nprofiles: {smoke: {}}\ngrids: {g: {}}\n", "invalid value 'maybe' for toggle 'lrn'"),
+    ("baseline: {colour: red}\nprofiles: {smoke: {}}\ngrids: {g: {}}\n", "unknown toggle 'colour'"),
+    ("profiles: {smoke: {width: [1}\n", "not valid YAML"),
+    ("profiles: {smoke: {widht: 0.5}}\ngrids: {g: {}}\n", "unknown key(s) ['widht'] in profiles.smoke"),
+    ("profiles: {smoke: {}}\ngrids: {g: {one_at_a_time: {init: xavier}}}\n", "invalid value 'xavier' for toggle 'init'"),
+])
+def test_bad_experiments_yaml(tmp_path, tiny_imagefolder, text, expected):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    res, uri = run_cli(tmp_path, "--grid", "g", "--config", str(cfg), "--data-root", str(tiny_imagefolder))
+    assert res.returncode == 2
+    assert expected in error_line(res)
+    assert no_runs(uri)
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+    res, uri = run_cli(tmp_path, "--grid", "deviations", "--data-root", str(tmp_path / "nowhere"))
+    assert res.returncode == 2
+    msg = error_line(res)
+    assert "--data-root" in msg and "ALEXNET_DATA_ROOT" in msg and "Imagenette" in msg
+    assert no_runs(uri)
+
+
+def test_empty_dataset(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / "empty" / split / "cls").mkdir(parents=True)
+    res, uri = run_cli(tmp_path, "--grid", "deviations", "--data-root", str(tmp_path / "empty"))
+    assert res.returncode == 2 and "holds no images" in error_line(res)
+    assert no_runs(uri)
+
+
+def test_broken_image_is_named_and_nothing_is_logged(tmp_path, tiny_imagefolder):
+    broken = tiny_imagefolder / "train" / "bird" / "broken.JPEG"
+    broken.write_bytes(b"\xff\xd8 this is not a jpeg")
+    res, uri = run_cli(tmp_path, "--grid", "deviations", "--data-root", str(tiny_imagefolder))
+    assert res.returncode == 2
+    assert str(broken) in error_line(res) and "Remove or replace" in error_line(res)
+    assert no_runs(uri)
+    assert not any(p.name.startswith(".") for p in (tmp_path / "cache").iterdir())   # no half-written cache
+
+
+def test_interrupted_grid_marks_run_killed_and_resumes(tmp_path, tiny_imagefolder):
+    """SIGTERM mid-grid: the running child and the parent end KILLED (none left RUNNING), the
+    message says how to resume, and the same command then trains only what is missing."""
+    import signal
+    import time
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = [sys.executable, "run_ablation.py", "--profile", "smoke", "--grid", "deviations", "--seeds", "2",
+           "--tracking-uri", uri, "--cache-dir", str(tmp_path / "cache"), "--data-root", str(tiny_imagefolder)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "cells on profile" not in seen and proc.poll() is None:   # training has begun
+        seen += proc.stderr.readline()
+    time.sleep(3)                                                     # a few cells into the grid
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "run the same command again to resume" in err
+    mlflow.set_tracking_uri(uri)
+    df = mlflow.search_runs(search_all_experiments=True)
+    assert "RUNNING" not in set(df["status"])
+    assert (df["status"] == "KILLED").sum() >= 1
+    finished = int((df["status"] == "FINISHED").sum())
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0
+    assert f"{14 - finished} trained, {finished} already finished" in res.stderr

@@ -1,0 +1,85 @@
+"""core.bench in its quickest mode on a tiny synthetic ImageFolder (a few seconds on a CPU)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from core import bench
+from core.lrn import LRN
+
+TINY_YAML = """
+baseline: {}
+profiles:
+  tiny:
+    dataset: imagenette
+    image_size: 32
+    width: 0.125
+    stem: [5, 2, 1]
+    batch_size: 8
+    eval_batch_size: 8
+grids:
+  none: {description: unused}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Two classes of random JPEGs (train 12 each, val 4 each) and an experiments file."""
+    tmp = tmp_path_factory.mktemp("bench")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("val", 4)):
+        for wnid in ("n01", "n02"):
+            folder = tmp / "data" / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
+    (tmp / "experiments.yaml").write_text(TINY_YAML)
+    return tmp
+
+
+def test_quick_run_prints_and_returns_ratios(tiny, capsys):
+    out = tiny / "bench.json"
+    rc = bench.main(["--config", str(tiny / "experiments.yaml"), "--profile", "tiny", "--data-root",
+                     str(tiny / "data"), "--cache-dir", str(tiny / "cache"), "--device", "cpu", "--quick",
+                     "--skip", "compile", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    for label in ("harness/plain", "harness/compute", "harness/roofline", "LRN overhead",
+                  "channels_last / contiguous", "bf16 autocast / fp32", "MLflow logging"):
+        assert label in text
+    res = json.loads(out.read_text())
+    for key in ("harness", "plain", "compute", "compute_no_lrn", "compute_torch_lrn", "compute_contiguous",
+                "compute_bf16", "eval"):
+        assert res["rows"][key]["error"] == "", res["rows"][key]["error"]
+        assert res["rows"][key]["images_per_s"] > 0
+    for key in ("harness/plain", "harness/compute", "harness/roofline", "lrn_overhead_core",
+                "lrn_overhead_torch", "channels_last/contiguous", "bf16/fp32", "mlflow_overhead"):
+        assert res["ratios"][key] is not None and math.isfinite(res["ratios"][key]), key
+    assert res["ratios"]["compile/eager"] is None   # skipped
+    assert res["roofline"]["train_gflop_per_image"] > 0
+
+
+def test_swap_lrn_keeps_the_paper_strength():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), LRN(5, 1e-4, 0.75, 2.0))
+    x = torch.randn(2, 3, 9, 9) * 30
+    expected = model(x)
+    bench.swap_lrn(model)
+    assert isinstance(model[1], nn.LocalResponseNorm) and model[1].alpha == pytest.approx(5e-4)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_gpu_synthetic_without_cuda_fails_clearly(capsys):
+    assert bench.main(["--gpu-synthetic", "--quick"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_bad_skip_is_refused(capsys):
+    assert bench.main(["--skip", "nonsense", "--quick"]) == 2
+    assert "choices" in capsys.readouterr().err

@@ -1,0 +1,142 @@
+"""End to end: the `smoke` profile's deviations grid on real Imagenette images into a temporary
+MLflow store, checked against the logging contract; resume; report.py on those runs."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "datasets" / "imagenette2-224"
+NAMED = ("init", "pca", "lr_schedule", "epochs", "lrn", "overlap_pool")
+EPOCH_METRICS = ("train_loss", "lr", "val_top1_err", "val_top5_err", "epoch_time_s", "images_per_s")
+
+pytestmark = pytest.mark.skipif(not (SHARED / "train").is_dir(), reason=f"shared Imagenette absent at {SHARED}")
+
+
+def cli(*args, cwd=REPO, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Runs the smoke deviations grid with 2 seeds once; returns (uri, tmp folder, stderr)."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    res = cli("run_ablation.py", "--grid", "deviations", "--profile", "smoke", "--seeds", "2",
+              "--tracking-uri", uri, "--cache-dir", str(tmp / "cache"), "--data-root", str(SHARED))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return uri, tmp, res.stderr
+
+
+def runs(uri: str):
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=["alexnet-deviations"], max_results=1000)
+
+
+def test_one_parent_and_a_nested_child_per_variant_and_seed(store):
+    uri, _, _ = store
+    df = runs(uri)
+    parents = df[df["tags.role"] == "grid"]
+    children = df[df["tags.role"] == "cell"]
+    assert len(parents) == 1 and len(children) == 14
+    assert set(children["tags.mlflow.parentRunId"]) == {parents["run_id"].iloc[0]}
+    expected = {f"{v}/seed{k}" for k in (0, 1) for v in
+                ("baseline", "init=pytorch", "pca=fancy_pca", "lr_schedule=plateau", "epochs=seed", "lrn=false",
+                 "overlap_pool=false")}
+    assert set(children["tags.mlflow.runName"]) == expected
+    assert set(df["status"]) == {"FINISHED"}
+
+
+def test_child_params_and_tags(store):
+    uri, _, _ = store
+    children = runs(uri).query("`tags.role` == 'cell'")
+    for _, r in children.iterrows():
+        for p in NAMED + ("seed", "profile", "dataset", "image_size", "width", "batch_size", "lr"):
+            assert isinstance(r[f"params.{p}"], str), p
+        assert r["params.profile"] == "smoke" and r["params.dataset"] == "imagenette"
+        assert r["params.image_size"] == "32" and r["params.batch_size"] == "32"
+        assert r["tags.grid"] == "deviations"
+        assert r["tags.mlflow.runName"] == f"{r['tags.variant']}/seed{r['params.seed']}"
+        flipped = r["tags.variant"]
+        for name in NAMED:   # exactly one toggle differs from the paper, the one the variant names
+            paper = {"init": "paper", "pca": "paper", "lr_schedule": "paper", "epochs": "2", "lrn": "True",
+                     "overlap_pool": "True"}[name]
+            assert (r[f"params.{name}"] != paper) == flipped.startswith(name + "="), (flipped, name)
+    assert children["tags.config_hash"].nunique() == 14
+    assert set(children.query("`tags.variant` == 'epochs=seed'")["params.epochs"]) == {"3"}   # 120 * scale
+
+
+def test_config_hash_is_the_resolved_config(store):
+    from ablations.runner import plan
+    from core.config import load_experiments
+    uri, _, _ = store
+    children = runs(uri).query("`tags.role` == 'cell'")
+    cells = plan(load_experiments(REPO / "experiments.yaml"), "deviations", "smoke", 2)
+    assert {c.config.hash() for c in cells} == set(children["tags.config_hash"])
+
+
+def test_per_epoch_and_final_metrics(store):
+    uri, _, _ = store
+    client = mlflow.MlflowClient(uri)
+    children = runs(uri).query("`tags.role` == 'cell'")
+    for _, r in children.iterrows():
+        epochs = int(r["params.epochs"])
+        for key in EPOCH_METRICS:
+            steps = [m.step for m in client.get_metric_history(r["run_id"], key)]
+            assert steps == list(range(1, epochs + 1)), (key, steps)
+        for key in ("val10_top1_err", "val10_top5_err"):
+            v = r[f"metrics.{key}"]
+            assert 0.0 <= v <= 1.0
+        assert r["metrics.val_top5_err"] <= r["metrics.val_top1_err"]
+        assert r["tags.outcome"] in ("learned", "chance", "diverged")
+
+
+def test_artifacts_and_dataset_input(store):
+    uri, _, _ = store
+    client = mlflow.MlflowClient(uri)
+    r = runs(uri).query("`tags.role` == 'cell'").iloc[0]
+    names = {a.path for a in client.list_artifacts(r["run_id"])}
+    assert "config.yaml" in names and "model" in names
+    assert [a.path for a in client.list_artifacts(r["run_id"], "model")] == ["model/weights.pt"]
+    cfg = yaml.safe_load(Path(mlflow.artifacts.download_artifacts(run_id=r["run_id"], artifact_path="config.yaml",
+                                                                  tracking_uri=uri)).read_text())
+    assert cfg["seed"] == int(r["params.seed"]) and cfg["profile"]["name"] == "smoke"
+    inputs = client.get_run(r["run_id"]).inputs.dataset_inputs
+    assert len(inputs) == 1 and len(inputs[0].dataset.digest) == 16
+
+
+def test_resume_skips_finished_cells(store):
+    uri, tmp, _ = store
+    before = len(runs(uri))
+    res = cli("run_ablation.py", "--grid", "deviations", "--profile", "smoke", "--seeds", "2",
+              "--tracking-uri", uri, "--cache-dir", str(tmp / "cache"), "--data-root", str(SHARED))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "0 trained, 14 already finished" in res.stderr
+    assert len(runs(uri)) == before
+
+
+def test_report_from_mlflow(store):
+    uri, tmp, _ = store
+    out = tmp / "report.md"
+    res = cli("report.py", "--grid", "deviations", "--tracking-uri", uri, "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    md = out.read_text()
+    children = runs(uri).query("`tags.role` == 'cell'")
+    base = children.query("`tags.variant` == 'baseline'")["metrics.val10_top1_err"]
+    # the baseline row shows the mean of what MLflow holds, with n
+    assert f"{100 * base.mean():.1f} ± {100 * base.std():.1f} (n=2)" in md
+    for variant in children["tags.variant"].unique():
+        assert f"`{variant}`" in md
+    for run_id in children["run_id"]:
+        assert run_id in md
+    for png in ("learning_curves.png", "effects.png", "lr.png"):
+        assert (tmp / "report" / png).stat().st_size > 5000
+    assert "The paper's claims at this scale" in md and "not ImageNet" in md
+    # logged to the parent run too, with a summary metric per variant
+    parent = runs(uri).query("`tags.role` == 'grid'").iloc[0]
+    assert parent["metrics.summary/baseline/val10_top1_err_mean"] == pytest.approx(base.mean())
