@@ -29,7 +29,7 @@ class EpochDraws:
     flips: torch.Tensor     # (N,) bool
     alphas: torch.Tensor    # (N, 3) lighting coefficients ~ N(0, 0.1)
     rrc: torch.Tensor       # (N, RRC_TRIES, 4) uniforms for RandomResizedCrop
-    fancy: torch.Tensor     # (N,) bool: FancyPCA applied (p=0.5); it reuses `alphas`
+    fancy: torch.Tensor     # (N,) bool: the seed's FancyPCA applied (p=0.5); its alpha is alphas[:, 0]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -80,21 +80,26 @@ class Pipeline:
         return alphas @ self.lighting.T
 
     @staticmethod
-    def fancy_pca(x: np.ndarray, apply: torch.Tensor, alphas: torch.Tensor) -> np.ndarray:
-        """The seed's albumentations FancyPCA(alpha=0.1, p=0.5): albumentations' own per-image
-        function, with its p and alpha draws taken from the epoch's draws. x: uint8 (B, 3, P, P)."""
-        from albumentations.augmentations.pixel.functional import fancy_pca
-        out = np.array(x)
-        for i in np.flatnonzero(apply.numpy()):
-            hwc = np.ascontiguousarray(x[i].transpose(1, 2, 0))
-            out[i] = fancy_pca(hwc, alphas[i].numpy().astype(np.float32)).transpose(2, 0, 1)
-        return out
+    def fancy_pca(x: torch.Tensor, apply: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """The seed's lighting: albumentations 1.3.0 (the version it pinned) FancyPCA(alpha=0.1,
+        p=0.5), batched. Per image: PCA of its own RGB pixels (0..1), one scalar alpha ~ N(0, 0.1),
+        shift = eigvec @ (alpha * eigval) * 255 added to every pixel, clipped to 0..255 and
+        truncated to integers (its astype(uint8)). albumentations 2.x replaced this with a
+        different, per-pixel transform, so the 1.3.0 formula is written out here.
+        x: float (B, 3, H, W) holding 0..255 integers; apply (B,) bool; alpha (B,)."""
+        px = x.flatten(2).double() / 255.0                                   # (B, 3, HW)
+        centred = px - px.mean(-1, keepdim=True)
+        cov = centred @ centred.transpose(1, 2) / (px.shape[-1] - 1)         # np.cov: (B, 3, 3)
+        eigval, eigvec = torch.linalg.eigh(cov)                              # ascending
+        shift = (eigvec @ (alpha.double()[:, None] * eigval)[..., None])[..., 0] * 255.0   # (B, 3)
+        shifted = (x.double() + shift[:, :, None, None]).clamp(0, 255).floor().to(x.dtype)
+        return torch.where(apply[:, None, None, None], shifted, x)
 
     def random_resized(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """torchvision's RandomResizedCrop sampling (scale 0.08-1, ratio 3/4-4/3), from drawn uniforms."""
         b, _, h, w = x.shape
         s = self.crop_size
-        out = torch.empty(b, 3, s, s, device=x.device)
+        out = torch.empty(b, x.shape[1], s, s, device=x.device)
         log_r = (math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1]))
         for i in range(b):
             box = (0, 0, h, w)   # fallback: the whole image
@@ -120,22 +125,27 @@ class Pipeline:
 
     def train_batch(self, images, draws: EpochDraws, start: int) -> torch.Tensor:
         """images: uint8 (B, 3, P, P) (numpy or tensor) at epoch positions start..start+B-1
-        -> float (B, 3, S, S) on the pipeline's device."""
+        -> float (B, 3, S, S) on the pipeline's device. Order: crop and flip (the training mean
+        image goes through the same crop), lighting on the crop, then input scaling."""
         b = len(images)
         sl = slice(start, start + b)
-        if self.pca == "fancy_pca":   # albumentations works on numpy, on the CPU
-            images = self.fancy_pca(np.asarray(images.cpu() if torch.is_tensor(images) else images),
-                                    draws.fancy[sl], draws.alphas[sl])
         x = self._as_tensor(images)
         flips = draws.flips[sl].to(self.device)
-        shift = self.lighting_shift(draws.alphas[sl].to(self.device))[:, :, None, None] \
-            if self.pca == "paper" else 0.0
+        mean = self.mean_image.expand(b, -1, -1, -1)
         if self.crop == "paper":
             offsets = draws.offsets[sl].to(self.device)
-            mean = crop_flip(self.mean_image.expand(b, -1, -1, -1), offsets, flips, self.crop_size)
-            return self.normalise(crop_flip(x, offsets, flips, self.crop_size).float() + shift, mean)
-        x = self.random_resized(self.normalise(x.float() + shift), draws.rrc[sl])
-        return torch.where(flips[:, None, None, None], x.flip(-1), x)
+            x = crop_flip(x, offsets, flips, self.crop_size).float()
+            mean = crop_flip(mean, offsets, flips, self.crop_size)
+        else:   # image and mean image resized together, one interpolation per sample
+            both = self.random_resized(torch.cat([x.float(), mean], 1), draws.rrc[sl])
+            both = torch.where(flips[:, None, None, None], both.flip(-1), both)
+            x, mean = both[:, :3], both[:, 3:]
+        alphas = draws.alphas[sl].to(self.device)
+        if self.pca == "paper":
+            x = x + self.lighting_shift(alphas)[:, :, None, None]
+        elif self.pca == "fancy_pca":
+            x = self.fancy_pca(x, draws.fancy[sl].to(self.device), alphas[:, 0])
+        return self.normalise(x, mean)
 
     def eval_views(self, images, ten_crop: bool) -> list[torch.Tensor]:
         """Centre crop (1 view) or the paper's 10 views (four corners, centre, and their flips;

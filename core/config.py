@@ -63,6 +63,9 @@ class RunConfig:
     toggles: Toggles = field(default_factory=Toggles)
     seed: int = 0
 
+    def __post_init__(self):
+        check_combination(self.toggles)
+
     @property
     def epochs(self) -> int:
         return self.profile.epochs(self.toggles.epochs)
@@ -96,23 +99,30 @@ def check_combination(t: Toggles) -> None:
 
 
 def _typed(cls, data: dict, where: str):
+    """Check each key against the dataclass field's declared type (bool is not an int here)."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(names)
     if unknown:
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in {where}; valid keys: {', '.join(n for n in names if n != 'name')}")
     out = {}
     for key, value in data.items():
-        default = names[key].default
-        if key == "stem":
-            if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) for v in value)):
-                raise ConfigError(f"{where}.stem must be [kernel, stride, padding] integers, got {value!r}")
+        kind = str(names[key].type)
+        is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+        if kind.startswith("tuple"):
+            if not (isinstance(value, list) and len(value) == 3 and all(is_int(v) for v in value)):
+                raise ConfigError(f"{where}.{key} must be [kernel, stride, padding] integers, got {value!r}")
             value = tuple(value)
-        elif isinstance(default, bool) and not isinstance(value, bool):
+        elif kind == "bool" and not isinstance(value, bool):
             raise ConfigError(f"{where}.{key} must be true or false, got {value!r}")
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        elif kind.startswith("int") and not (is_int(value) and value >= 1 or (value is None and "None" in kind)):
+            raise ConfigError(f"{where}.{key} must be a positive integer{' or null' if 'None' in kind else ''}, got {value!r}")
+        elif kind == "float":
+            zero_ok = key in ("momentum", "weight_decay")
+            if not (is_int(value) or isinstance(value, float)) or value < 0 or (value == 0 and not zero_ok):
+                raise ConfigError(f"{where}.{key} must be a {'non-negative' if zero_ok else 'positive'} number, got {value!r}")
             value = float(value)
-        elif default is not None and not isinstance(value, type(default)):
-            raise ConfigError(f"{where}.{key} must be {type(default).__name__}, got {value!r}")
+        elif kind == "str" and not isinstance(value, str):
+            raise ConfigError(f"{where}.{key} must be a string, got {value!r}")
         out[key] = value
     return out
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -67,13 +67,42 @@ def resolve_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
-def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+def layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
 def autocast(device: torch.device, precision: str):
     """bf16 autocast when the profile asks for it (fp32 otherwise)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """One SGD step on a ready batch; returns the (device) loss, without a host sync."""
+    with autocast(x.device, precision):
+        loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def gather(images, idx: np.ndarray):
+    """Rows `idx` of the uint8 cache: a numpy memmap (read in file order) or a device tensor."""
+    if torch.is_tensor(images):
+        return images[torch.from_numpy(idx).to(images.device)]
+    sorted_idx = np.sort(idx)
+    return np.asarray(images[sorted_idx])[np.searchsorted(sorted_idx, idx)]
+
+
+def on_device(split: Split, device: torch.device, max_fraction: float = 0.5) -> Split:
+    """The split's uint8 cache moved to a CUDA device when it fits in `max_fraction` of its free
+    memory (then gathers and augmentation never leave the GPU); otherwise unchanged."""
+    if device.type != "cuda" or torch.is_tensor(split.images):
+        return split
+    free, _ = torch.cuda.mem_get_info(device)
+    if split.images.nbytes > max_fraction * free:
+        return split
+    return replace(split, images=torch.from_numpy(np.ascontiguousarray(split.images)).to(device))
 
 
 def train_one_epoch(model, optimizer, pipeline: Pipeline, train: Split, batch_size: int, seed: int,
@@ -88,16 +117,8 @@ def train_one_epoch(model, optimizer, pipeline: Pipeline, train: Split, batch_si
     total = torch.zeros((), device=device)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
-        sorted_idx = np.sort(idx)                        # memmap reads in file order
-        back = np.searchsorted(sorted_idx, idx)
-        images = np.asarray(train.images[sorted_idx])[back]
-        x = _layout(pipeline.train_batch(images, draws, start), channels_last)
-        with autocast(device, precision):
-            loss = F.cross_entropy(model(x), labels[torch.from_numpy(idx).to(device)])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach() * len(idx)               # no per-step host sync
+        x = layout(pipeline.train_batch(gather(train.images, idx), draws, start), channels_last)
+        total += train_step(model, optimizer, x, labels[torch.from_numpy(idx).to(device)], precision) * len(idx)
     return total.item() / n, n
 
 
@@ -110,10 +131,11 @@ def evaluate(model, pipeline: Pipeline, split: Split, batch_size: int, ten_crop:
     wrong1 = wrong5 = 0
     n = len(split.labels)
     for start in range(0, n, batch_size):
-        images = np.array(split.images[start:start + batch_size])     # a writable copy of the slice
+        images = split.images[start:start + batch_size]
+        images = images if torch.is_tensor(images) else np.array(images)   # a writable copy of the slice
         y = torch.from_numpy(split.labels[start:start + batch_size]).to(pipeline.device)
         with autocast(pipeline.device, precision):
-            logits = torch.stack([model(_layout(v, channels_last)) for v in pipeline.eval_views(images, ten_crop)])
+            logits = torch.stack([model(layout(v, channels_last)) for v in pipeline.eval_views(images, ten_crop)])
         logits = logits.float()                                                           # (V, B, classes)
         score = logits.softmax(-1).mean(0) if average == "softmax" else logits.mean(0)   # (B, classes)
         top5 = score.topk(min(5, score.shape[-1]), -1).indices
@@ -139,6 +161,9 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
     model = build_model(cfg, num_classes).to(dev)
     torch.manual_seed(cfg.seed)   # dropout stream, independent of how many draws init took
     pipeline = build_pipeline(cfg, data.stats).to(dev)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        data = Data(on_device(data.train, dev), on_device(data.val, dev), data.stats)
     optimizer = build_optimizer(model.parameters(), p.lr, p.momentum, p.weight_decay)
     schedule = Schedule(optimizer, t.lr_schedule, p.lr, cfg.patience)
     start_wall = time.perf_counter()

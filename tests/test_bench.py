@@ -43,7 +43,8 @@ def tiny(tmp_path_factory):
     return tmp
 
 
-def test_quick_run_prints_and_returns_ratios(tiny, capsys):
+def test_quick_run_prints_and_returns_ratios(tiny, capsys, monkeypatch):
+    monkeypatch.setenv("ALEXNET_THREADS", str(torch.get_num_threads()))   # main() sets the thread count
     out = tiny / "bench.json"
     rc = bench.main(["--config", str(tiny / "experiments.yaml"), "--profile", "tiny", "--data-root",
                      str(tiny / "data"), "--cache-dir", str(tiny / "cache"), "--device", "cpu", "--quick",
