@@ -34,13 +34,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .augment import IMAGENET_MEAN, draw_epoch
 from .config import ConfigError, RunConfig, load_experiments
 from .data import REPO, DataError, Split, Stats, load_split, resolve_root, scan, train_stats
-from .engine import (Data, _layout, autocast, build_model, build_pipeline, evaluate, resolve_device,
+from .engine import (Data, layout, train_step, autocast, build_model, build_pipeline, evaluate, resolve_device,
                      train_one_epoch)
 from .flops import matmul_gflops, sync, train_flops_per_image
 from .lrn import LRN
@@ -185,16 +184,6 @@ def new_model(cfg: RunConfig, device: torch.device, torch_lrn: bool = False, com
     return (torch.compile(model) if compiled else model), optimizer
 
 
-def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device, precision: str):
-    """One step exactly as in core.engine.train_one_epoch (for loops that cannot call it)."""
-    with autocast(device, precision):
-        loss = F.cross_entropy(model(x), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
 # ------------------------------------------------------------------------------- (a) harness loop
 def window(split: Split, images: int, call: int) -> Split:
     """A contiguous run of `images` samples of a split, still memory-mapped; successive calls walk
@@ -276,12 +265,12 @@ def measure_plain(cfg: RunConfig, root, device: torch.device, budget: Budget) ->
     x0 = torch.randn(p.batch_size, 3, p.image_size, p.image_size, device=device)
     y0 = torch.zeros(p.batch_size, dtype=torch.long, device=device)
     for _ in range(budget.warmup):
-        train_step(model, optimizer, x0, y0, device, "fp32")
+        train_step(model, optimizer, x0, y0, "fp32")
     batches = (batch for _ in itertools.count() for batch in loader)   # passes back to back, started lazily
 
     def step() -> int:
         x, y = next(batches)
-        train_step(model, optimizer, x.to(device), y.to(device), device, "fp32")
+        train_step(model, optimizer, x.to(device), y.to(device), "fp32")
         return len(x)
     try:
         out = time_steps("plain", p.batch_size, step, budget, device, warmup=0)
@@ -327,7 +316,7 @@ def measure_compute(name: str, cfg: RunConfig, batches: list[torch.Tensor], devi
     in torch.compile (its compilation happens in the untimed warm-up, reported as warmup_s)."""
     p = cfg.profile
     model, optimizer = new_model(cfg, device, torch_lrn=torch_lrn, compiled=compiled)
-    stub = PremadeBatches([_layout(x, p.channels_last) for x in batches], p.image_size, device)
+    stub = PremadeBatches([layout(x, p.channels_last) for x in batches], p.image_size, device)
     bs = len(batches[0])
 
     def run(count: int, call: int) -> int:
@@ -342,7 +331,7 @@ def roofline(cfg: RunConfig, batch: torch.Tensor, device: torch.device, seconds:
     """(d) training FLOPs per image (forward + backward, FlopCounterMode, one batch) of the harness
     model, the measured n x n torch.mm rate, and their quotient: the matmul-bound images/s."""
     model, _ = new_model(cfg, device)
-    x = _layout(batch, cfg.profile.channels_last)
+    x = layout(batch, cfg.profile.channels_last)
     y = torch.zeros(len(x), dtype=torch.long, device=device)
     flops = train_flops_per_image(model, x, y)
     rate = matmul_gflops(device, n, seconds, dtype)
@@ -582,7 +571,7 @@ def gpu_batches(pipeline, images: torch.Tensor, labels: torch.Tensor, batch: int
         order = draws.order.to(images.device)
         for start in range(0, n - batch + 1, batch):
             idx = order[start:start + batch]
-            yield _layout(pipeline.train_batch(images[idx], draws, start), True), labels[idx]
+            yield layout(pipeline.train_batch(images[idx], draws, start), True), labels[idx]
 
 
 def measure_gpu(name: str, cfg: RunConfig, pipeline, images, labels, batch: int, budget: Budget,
@@ -599,7 +588,7 @@ def measure_gpu(name: str, cfg: RunConfig, pipeline, images, labels, batch: int,
 
     def step() -> int:
         x, y = next(stream)
-        train_step(model, optimizer, x, y, device, cfg.profile.precision)
+        train_step(model, optimizer, x, y, cfg.profile.precision)
         return batch
     return time_steps(name, batch, step, budget, device, limit_s=limit_s, warmup=max(budget.warmup, 3))
 
@@ -612,13 +601,14 @@ def gpu_roofline(cfg: RunConfig, device: torch.device, seconds: float) -> dict:
     return out
 
 
-def measure_gpu_engine(name: str, cfg: RunConfig, pipeline, images: np.ndarray, labels: np.ndarray,
-                       batch: int, budget: Budget) -> Timing:
-    """core.engine.train_one_epoch itself on the GPU, fed uint8 images from host memory as the
-    engine reads its cache (host gather and host-to-GPU copy per batch included; a RAM array, so
-    no disk reads)."""
+def measure_gpu_engine(name: str, cfg: RunConfig, pipeline, images, labels: np.ndarray,
+                       batch: int, budget: Budget, compiled: bool = False) -> Timing:
+    """core.engine.train_one_epoch itself on the GPU, fed uint8 images either from host memory (a
+    numpy array: host gather and host-to-GPU copy per batch included) or from a cache already on
+    the GPU (a tensor: what the engine does when the cache fits, see core.engine.on_device)."""
     device = pipeline.device
-    model, optimizer = new_model(cfg, device)
+    torch._dynamo.reset()
+    model, optimizer = new_model(cfg, device, compiled=compiled)
     split = Split(images, labels, (), "", "")
 
     def run(batches: int, call: int) -> int:
@@ -631,10 +621,13 @@ GPU_VARIANTS = (("pipeline + train, eager", {"compiled": False, "augment": True}
                 ("pipeline + train, torch.compile", {"compiled": True, "augment": True}),
                 ("train only (pre-made batch), eager", {"compiled": False, "augment": False}))
 GPU_ENGINE = "train_one_epoch, host uint8 -> GPU, eager"
+GPU_ENGINE_DEVICE = "train_one_epoch, uint8 cache on GPU, eager"
+GPU_ENGINE_COMPILED = "train_one_epoch, uint8 cache on GPU, torch.compile"
 
 
 def run_gpu(config: str, budget: Budget, limit_s: float = 40.0, n_images: int = 8192,
-            batches: tuple[int, ...] = (128, 512), profile: str = "paper", device: str = "cuda") -> dict:
+            batches: tuple[int, ...] = (128, 512), profile: str = "paper", device: str = "cuda",
+            only: str = "") -> dict:
     """The paper profile's AlexNet on CUDA (bf16 autocast, channels_last) with synthetic uint8
     images: for each batch size, GPU_VARIANTS on images kept on the GPU, then the engine's own
     loop fed from host memory. Each variant is guarded and capped near limit_s. (profile and
@@ -654,6 +647,8 @@ def run_gpu(config: str, budget: Budget, limit_s: float = 40.0, n_images: int = 
     rows = []
 
     def add(name: str, batch: int, measure: Callable[[], Timing]) -> None:
+        if only not in name:   # --gpu-only: variants whose name contains this text
+            return
         print(f"  measuring {name}, batch {batch} ...", file=sys.stderr, flush=True)
         rows.append(guarded(name, measure))
         rows[-1].batch = batch
@@ -666,6 +661,10 @@ def run_gpu(config: str, budget: Budget, limit_s: float = 40.0, n_images: int = 
                                                  limit_s=limit_s, **kw))
         add(GPU_ENGINE, batch, lambda: measure_gpu_engine(GPU_ENGINE, cfg, pipeline, host_images, host_labels,
                                                           batch, budget))
+        add(GPU_ENGINE_DEVICE, batch, lambda: measure_gpu_engine(GPU_ENGINE_DEVICE, cfg, pipeline, images,
+                                                                 host_labels, batch, budget))
+        add(GPU_ENGINE_COMPILED, batch, lambda: measure_gpu_engine(GPU_ENGINE_COMPILED, cfg, pipeline, images,
+                                                                   host_labels, batch, budget, compiled=True))
     roof = guarded_dict(lambda: gpu_roofline(cfg, device, 1.0))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     return {"setting": {"device": name, "profile": p.name, "image_size": p.image_size,
@@ -721,6 +720,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--skip", default="", help=f"comma-separated parts to leave out: {', '.join(SECTIONS)}")
     ap.add_argument("--gpu-synthetic", action="store_true", help="the paper-size model on CUDA with synthetic "
                                                                  "images (ignores --profile and the data options)")
+    ap.add_argument("--gpu-only", default="", help="with --gpu-synthetic: only the variants whose name contains this")
     return ap
 
 
@@ -763,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         budget, skip = make_budget(args, args.gpu_synthetic), parse_skip(args.skip)
         if args.gpu_synthetic:
-            res = run_gpu(args.config, budget, limit_s=15.0 if args.quick else 40.0)
+            res = run_gpu(args.config, budget, limit_s=15.0 if args.quick else 40.0, only=args.gpu_only)
             print_gpu(res)
         else:
             ex = load_experiments(args.config)

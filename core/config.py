@@ -22,6 +22,9 @@ PAPER_PATIENCE_AT_90 = 10                   # epochs without improvement before 
 DATASET_CLASSES = {"imagenette": 10, "imagenet": 1000}
 
 
+SPEED_ONLY = ("description", "eval_batch_size", "compile")   # profile keys left out of config_hash
+
+
 class ConfigError(ValueError):
     """A bad experiments.yaml or command-line choice; the message names the valid choices."""
 
@@ -42,6 +45,7 @@ class Profile:
     eval_batch_size: int = 256
     channels_last: bool = True          # memory format; faster on this CPU (README speed table)
     precision: str = "fp32"             # "fp32" | "bf16" (autocast)
+    compile: bool = False               # torch.compile the model (pays off on GPUs; README speed table)
     description: str = ""
 
     @property
@@ -84,10 +88,10 @@ class RunConfig:
                             "lr_patience": self.patience}}
 
     def hash(self) -> str:
-        """Stable hash of the resolved config and seed. Leaves out what cannot change a result
-        (the profile's description and evaluation batch size)."""
+        """Stable hash of the resolved config and seed. Leaves out the settings that only change
+        speed or wording, not what is computed (SPEED_ONLY), so they can change without a rerun."""
         data = self.resolved()
-        for key in ("description", "eval_batch_size"):
+        for key in SPEED_ONLY:
             data["profile"].pop(key, None)
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -166,20 +166,21 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
         data = Data(on_device(data.train, dev), on_device(data.val, dev), data.stats)
     optimizer = build_optimizer(model.parameters(), p.lr, p.momentum, p.weight_decay)
     schedule = Schedule(optimizer, t.lr_schedule, p.lr, cfg.patience)
+    net = torch.compile(model) if p.compile else model   # shares model's parameters
     start_wall = time.perf_counter()
     metrics: dict[str, float] = {}
     diverged, epoch = False, 0
     for epoch in range(1, cfg.epochs + 1):
         lr = schedule.lr
         t0 = time.perf_counter()
-        loss, seen = train_one_epoch(model, optimizer, pipeline, data.train, p.batch_size, cfg.seed, epoch,
+        loss, seen = train_one_epoch(net, optimizer, pipeline, data.train, p.batch_size, cfg.seed, epoch,
                                      p.channels_last, p.precision)
         train_s = time.perf_counter() - t0
         if not math.isfinite(loss):
             diverged = True
             run.log_metrics({"train_loss": loss, "lr": lr}, step=epoch)
             break
-        metrics = evaluate(model, pipeline, data.val, p.eval_batch_size, channels_last=p.channels_last,
+        metrics = evaluate(net, pipeline, data.val, p.eval_batch_size, channels_last=p.channels_last,
                            precision=p.precision)
         epoch_s = time.perf_counter() - t0
         metrics.update(train_loss=loss, lr=lr, epoch_time_s=epoch_s, images_per_s=seen / train_s)
@@ -188,7 +189,7 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
         if on_epoch:
             on_epoch(epoch, metrics)
     if not diverged:
-        metrics.update(evaluate(model, pipeline, data.val, p.eval_batch_size, ten_crop=True,
+        metrics.update(evaluate(net, pipeline, data.val, p.eval_batch_size, ten_crop=True,
                                 average=t.tta_average, channels_last=p.channels_last, precision=p.precision))
         run.log_metrics({k: metrics[k] for k in ("val10_top1_err", "val10_top5_err")}, step=epoch)
     wall = time.perf_counter() - start_wall
