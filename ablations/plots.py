@@ -19,6 +19,16 @@ def _curves(histories: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.nd
     return np.array(steps), mean, std
 
 
+def _save(fig, ax, path: Path) -> Path:
+    """Grid, legend, tight layout, PNG at 110 dpi; closes the figure."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def learning_curves(series: dict[str, list[list[tuple[int, float]]]], path: Path, title: str) -> Path:
     """series: variant -> one val_top1_err history per seed."""
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -27,12 +37,7 @@ def learning_curves(series: dict[str, list[list[tuple[int, float]]]], path: Path
         line, = ax.plot(x, 100 * m, label=f"{name} (n={len(hists)})", lw=2 if name in ("baseline", "seed") else 1.3)
         ax.fill_between(x, 100 * (m - s), 100 * (m + s), color=line.get_color(), alpha=0.15)
     ax.set(xlabel="epoch", ylabel="val top-1 error, centre crop (%)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def forest(rows: list[tuple[str, float, float, float, str]], path: Path, title: str, xlabel: str) -> Path:
@@ -62,9 +67,4 @@ def lr_curves(series: dict[str, list[tuple[int, float]]], path: Path, title: str
         ax.step([s for s, _ in h], [v for _, v in h], where="post", label=name, lw=1.8)
     ax.set_yscale("log")
     ax.set(xlabel="epoch", ylabel="learning rate (log scale)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)

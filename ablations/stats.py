@@ -57,16 +57,15 @@ def paired_effect(diffs: np.ndarray, seed: int = 0) -> Effect:
     return Effect(n, mean, std, ci, method, p_t, p_w, seeds_needed=seeds_for(mean, std))
 
 
-def seeds_for(mean: float, std: float) -> int | None:
-    """Seeds a paired t-test needs to detect an effect of this size (alpha 0.05, power 0.8)."""
+def seeds_for(mean: float, std: float, most: int = 10000) -> int | None:
+    """Seeds a paired t-test needs to detect an effect of this size (alpha 0.05, power 0.8):
+    the smallest n whose power (statsmodels TTestPower) reaches 0.8; None if beyond `most`."""
     if not (std > 0) or mean == 0 or math.isnan(mean):
         return None
-    d = abs(mean) / std
-    try:
-        n = TTestPower().solve_power(effect_size=d, alpha=ALPHA, power=POWER, alternative="two-sided")
-    except (ValueError, RuntimeError):
-        return None
-    return max(2, math.ceil(float(np.atleast_1d(n)[0])))
+    n = np.arange(2, most + 1)
+    power = TTestPower().power(effect_size=abs(mean) / std, nobs=n, alpha=ALPHA, alternative="two-sided")
+    hit = np.flatnonzero(power >= POWER)
+    return int(n[hit[0]]) if len(hit) else None
 
 
 def holm(effects: dict[str, Effect]) -> dict[str, Effect]:

@@ -35,7 +35,7 @@ REGISTRY: dict[str, Toggle] = {t.name: t for t in (
            "weights N(0, s) with biases 1 in conv2/4/5 and hidden fc, s=0.01 scaled by fan-in "
            "to the full-size net | PyTorch default init (seed) | s=0.01 whatever the size", "model"),
     Toggle("pca", "paper", ("fancy_pca", "none"), "§4.1",
-           "dataset-wide PCA lighting | albumentations FancyPCA per image, p=0.5 (seed) | none", "data"),
+           "dataset-wide PCA lighting | FancyPCA as albumentations 1.3.0 (the seed's pin) computed it: per-image PCA, p=0.5 | none", "data"),
     Toggle("lr_schedule", "paper", ("plateau",), "§5",
            "divide lr by 10 when val error stops improving, at most 3 times | "
            "ReduceLROnPlateau defaults on val top-5 error (seed)", "schedule"),
