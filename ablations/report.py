@@ -237,7 +237,8 @@ def factorial_section(g: GridRuns, metric: str = "val10_top1_err") -> str:
                       "the difference of differences. 95% intervals from the OLS fit.", "",
                       _table(["term", "effect (points)", "95% CI", "p"], rows), "",
                       "Cross-check, Optuna parameter importance (fANOVA) over the same runs: " +
-                      ", ".join(f"{k} {v:.2f}" for k, v in imp.items()), ""])
+                      ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} ({v})" for k, v in imp.items()),
+                      ""])
 
 
 def optuna_importance(g: GridRuns, toggles: list[str], metric: str) -> dict[str, float]:
@@ -249,7 +250,10 @@ def optuna_importance(g: GridRuns, toggles: list[str], metric: str) -> dict[str,
     for _, row in g.cells.dropna(subset=[f"metrics.{metric}"]).iterrows():
         study.add_trial(optuna.trial.create_trial(params={t: row[f"params.{t}"] for t in toggles},
                                                   distributions=dists, value=float(row[f"metrics.{metric}"])))
-    return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    try:
+        return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except RuntimeError as err:   # e.g. every run scored the same: nothing to attribute
+        return {"not computable": str(err)}
 
 
 def plots_section(g: GridRuns, fam: dict, folder: Path, rel: str) -> tuple[str, list[Path]]:
