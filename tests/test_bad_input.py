@@ -98,7 +98,13 @@ def test_interrupted_grid_marks_run_killed_and_resumes(tmp_path, tiny_imagefolde
     seen = ""
     while "cells on profile" not in seen and proc.poll() is None:   # training has begun
         seen += proc.stderr.readline()
-    time.sleep(3)                                                     # a few cells into the grid
+    mlflow.set_tracking_uri(uri)                                      # tables exist once that line is out
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:             # until the first cell has finished
+        runs = mlflow.search_runs(search_all_experiments=True)
+        if not runs.empty and (runs["status"] == "FINISHED").any():
+            break
+        time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "run the same command again to resume" in err
