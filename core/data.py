@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from multiprocessing import get_context
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -123,8 +123,10 @@ def load_split(root: Path, split: str, size: int, classes: tuple[str, ...] | Non
         try:
             images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (len(samples), 3, size, size))
             jobs = [(p, size) for p, _ in samples]
-            with get_context("fork").Pool(workers or os.cpu_count()) as pool:
-                it = pool.imap(_load, jobs, chunksize=32)
+            # threads, not processes: Pillow releases the GIL while decoding and resizing, and a
+            # forked pool can deadlock once torch's threads exist
+            with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+                it = pool.map(_load, jobs)
                 if progress:
                     from tqdm import tqdm
                     it = tqdm(it, total=len(jobs), desc=f"decode {split} {size}px", unit="img", leave=False)
