@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import warnings
 import tempfile
 from dataclasses import dataclass, field
@@ -39,6 +40,27 @@ def resolve_uri(uri: str | None) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------- MLflow
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _hold_signals():
+    """Defer SIGINT/SIGTERM (delivered when released); returns the previous mask."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def _release_signals(previous) -> None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    previous = _hold_signals()
+    try:
+        yield
+    finally:
+        _release_signals(previous)
+
+
 class _MlflowRun:
     def __init__(self, client, run_id: str):
         self.client, self.run_id = client, run_id
@@ -83,22 +105,30 @@ class MlflowTracker:
 
     @contextlib.contextmanager
     def _run(self, name, params, tags, nested: bool) -> Iterator[_MlflowRun]:
-        """A run that always ends with a status: FINISHED, KILLED (Ctrl-C / SIGTERM) or FAILED."""
+        """A run that always ends with a status: FINISHED, KILLED (Ctrl-C / SIGTERM) or FAILED.
+        Stop signals are held back while a run is being created or ended, so an interruption
+        never lands between the two and leaves a run RUNNING."""
         import mlflow
-        active = mlflow.start_run(run_name=name, nested=nested, tags={k: str(v) for k, v in tags.items()},
-                                  parent_run_id=self._parent_id if nested else None,
-                                  experiment_id=self.experiment_id, log_system_metrics=self.system_metrics)
+        with _signals_held():
+            active = mlflow.start_run(run_name=name, nested=nested, tags={k: str(v) for k, v in tags.items()},
+                                      parent_run_id=self._parent_id if nested else None,
+                                      experiment_id=self.experiment_id, log_system_metrics=self.system_metrics)
+            held = _hold_signals()          # keep holding until inside the try below
         try:
+            _release_signals(held)          # a stop that arrived meanwhile is raised here, inside the try
             if params:
                 mlflow.log_params({k: str(v) for k, v in params.items()})
             yield _MlflowRun(self.client, active.info.run_id)
         except KeyboardInterrupt:
-            mlflow.end_run("KILLED")
+            with _signals_held():
+                mlflow.end_run("KILLED")
             raise
         except BaseException:
-            mlflow.end_run("FAILED")
+            with _signals_held():
+                mlflow.end_run("FAILED")
             raise
-        mlflow.end_run("FINISHED")
+        with _signals_held():
+            mlflow.end_run("FINISHED")
 
     @contextlib.contextmanager
     def parent(self, name, tags, params):
