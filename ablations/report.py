@@ -280,10 +280,12 @@ def plots_section(g: GridRuns, fam: dict, folder: Path, rel: str) -> tuple[str, 
 
 
 def runs_section(g: GridRuns) -> str:
-    rows = [[f"`{r['variant']}`", r["seed"], f"`{r['run_id']}`", r.get("tags.outcome", "?"), f"`{r['tags.config_hash']}`"]
+    rows = [[f"`{r['variant']}`", r["seed"], pct(r["metrics.val10_top1_err"]), pct(r["metrics.val_top1_err"]),
+             f"`{r['run_id']}`", r.get("tags.outcome", "?"), f"`{r['tags.config_hash']}`"]
             for _, r in g.cells.sort_values(["variant", "seed"]).iterrows()]
     return "\n".join(["## Runs behind the numbers", "", "Open any of them in `mlflow ui` (search `attributes.run_id = '<id>'`).", "",
-                      _table(["variant", "seed", "MLflow run id", "outcome", "config_hash"], rows), ""])
+                      _table(["variant", "seed", "top-1 10-crop", "top-1 centre", "MLflow run id", "outcome",
+                              "config_hash"], rows), ""])
 
 
 def build(tracker, grid: str, out: Path, profile: str | None = None, command: str = "") -> tuple[str, list[Path], GridRuns]:
