@@ -21,6 +21,7 @@ of the per-epoch MLflow logging. Each measurement first runs untimed warm-up bat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -41,6 +42,7 @@ from .config import ConfigError, RunConfig, load_experiments
 from .data import REPO, DataError, Split, Stats, load_split, resolve_root, scan, train_stats
 from .engine import (Data, layout, train_step, autocast, build_model, build_pipeline, evaluate, resolve_device,
                      train_one_epoch)
+from . import runtime
 from .flops import matmul_gflops, sync, train_flops_per_image
 from .lrn import LRN
 from .schedule import build_optimizer
@@ -309,11 +311,32 @@ def premade(cfg: RunConfig, data: Data, device: torch.device, count: int = 3) ->
     return [pipeline.train_batch(np.array(data.train.images[s:s + p.batch_size]), draws, s) for s in starts]
 
 
+@contextlib.contextmanager
+def environ(name: str, value: str | None):
+    """Set (or with None leave alone) one environment variable for the duration."""
+    before = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if value is not None:
+            os.environ.pop(name) if before is None else os.environ.__setitem__(name, before)
+
+
 def measure_compute(name: str, cfg: RunConfig, batches: list[torch.Tensor], device: torch.device,
-                    budget: Budget, torch_lrn: bool = False, compiled: bool = False) -> Timing:
+                    budget: Budget, torch_lrn: bool = False, compiled: bool = False,
+                    lrn_kernel: str | None = None) -> Timing:
     """(c) and its variants: train_one_epoch fed pre-made batches (PremadeBatches), with cfg's
     layout, precision and LRN; torch_lrn swaps in nn.LocalResponseNorm; compiled wraps the model
-    in torch.compile (its compilation happens in the untimed warm-up, reported as warmup_s)."""
+    in torch.compile (its compilation happens in the untimed warm-up, reported as warmup_s);
+    lrn_kernel sets $ALEXNET_LRN_KERNEL for the measurement (core.lrn)."""
+    with environ("ALEXNET_LRN_KERNEL", lrn_kernel):
+        return _measure_compute(name, cfg, batches, device, budget, torch_lrn, compiled)
+
+
+def _measure_compute(name: str, cfg: RunConfig, batches: list[torch.Tensor], device: torch.device,
+                     budget: Budget, torch_lrn: bool, compiled: bool) -> Timing:
     p = cfg.profile
     model, optimizer = new_model(cfg, device, torch_lrn=torch_lrn, compiled=compiled)
     stub = PremadeBatches([layout(x, p.channels_last) for x in batches], p.image_size, device)
@@ -382,6 +405,7 @@ LABELS = {
     "eval": "harness evaluate (centre crop)",
     "compute_no_lrn": "compute, lrn=False",
     "compute_torch_lrn": "compute, nn.LocalResponseNorm",
+    "compute_plain_lrn": "compute, core.lrn.LRN without fused kernels",
     "compute_contiguous": "compute, contiguous (NCHW)",
     "compute_channels_last": "compute, channels_last",
     "compute_bf16": "compute, bf16 autocast",
@@ -406,6 +430,7 @@ def compute_variants(cfg: RunConfig, skip: set[str]) -> dict[str, tuple[RunConfi
     if "lrn" not in skip and cfg.toggles.lrn:
         out["compute_no_lrn"] = (variant_config(cfg, lrn=False), {})
         out["compute_torch_lrn"] = (cfg, {"torch_lrn": True})
+        out["compute_plain_lrn"] = (cfg, {"lrn_kernel": "eager"})
     if "layout" not in skip:
         key = "compute_contiguous" if p.channels_last else "compute_channels_last"
         out[key] = (variant_config(cfg, channels_last=not p.channels_last), {})
@@ -484,6 +509,7 @@ def summarise(res: dict, n_train: int, n_val: int) -> dict:
            "harness/roofline": _ratio(g("harness"), res.get("roofline", {}).get("images_per_s")),
            "lrn_overhead_core": _overhead(g("compute"), no_lrn),
            "lrn_overhead_torch": _overhead(g("compute_torch_lrn"), no_lrn),
+           "lrn_overhead_plain": _overhead(g("compute_plain_lrn"), no_lrn),
            "channels_last/contiguous": _ratio(cl, contig),
            "bf16/fp32": _ratio(bf16, fp32),
            "compile/eager": _ratio(g("compute_compiled"), g("compute"))}
@@ -532,6 +558,7 @@ def _print_ratios(r: dict, compiled: Timing | None) -> None:
         print(f"  {key:40s} {_fmt(r[key], '.3f')}")
     print("compute-only comparisons")
     print(f"  {'LRN overhead, core.lrn.LRN':40s} {_fmt(_pct(r['lrn_overhead_core']), '.1f')} %")
+    print(f"  {'LRN overhead, core.lrn.LRN, no fused':40s} {_fmt(_pct(r['lrn_overhead_plain']), '.1f')} %")
     print(f"  {'LRN overhead, nn.LocalResponseNorm':40s} {_fmt(_pct(r['lrn_overhead_torch']), '.1f')} %")
     print(f"  {'channels_last / contiguous':40s} {_fmt(r['channels_last/contiguous'], '.3f')}")
     print(f"  {'bf16 autocast / fp32':40s} {_fmt(r['bf16/fp32'], '.3f')}")
@@ -759,7 +786,7 @@ def to_json(res: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    torch.set_num_threads(int(os.environ.get("ALEXNET_THREADS", os.cpu_count() or 1)))   # as core.engine.train
+    runtime.configure()   # threads and malloc, as core.engine.train
     try:
         budget, skip = make_budget(args, args.gpu_synthetic), parse_skip(args.skip)
         if args.gpu_synthetic:

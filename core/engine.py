@@ -7,7 +7,6 @@ images_per_s; at the end val10_top1_err, val10_top5_err.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, replace
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from .augment import Pipeline, draw_epoch
 from .config import RunConfig
 from .data import Split, Stats
+from . import runtime
 from .model import LRN_ALPHA, AlexNet, Arch, init_weights
 from .schedule import Schedule, build_optimizer
 
@@ -154,7 +154,7 @@ def outcome_of(final_top1: float, num_classes: int, diverged: bool) -> str:
 
 def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = None) -> Result:
     """Train one configuration; `run` is a tracking RunLog; on_epoch(epoch, metrics) for progress."""
-    torch.set_num_threads(int(os.environ.get("ALEXNET_THREADS", os.cpu_count() or 1)))
+    runtime.configure()   # threads, malloc
     p, t = cfg.profile, cfg.toggles
     dev = resolve_device(device)
     num_classes = len(data.train.classes)

@@ -160,6 +160,17 @@ def test_crop_flip_matches_slicing_and_flip():
         assert torch.equal(out[i], ref_crop(x[i], *offsets[i].tolist(), bool(flips[i]), 5))
 
 
+def test_crop_flip_of_an_expanded_mean_image():
+    """The training mean image goes through crop_flip as a stride-0 batch view."""
+    g = torch.Generator().manual_seed(1)
+    mean = torch.rand(3, 9, 9, generator=g) * 255
+    offsets = torch.randint(0, 9 - 4 + 1, (5, 2), generator=g)
+    flips = torch.tensor([True, True, False, False, True])
+    out = crop_flip(mean.expand(5, -1, -1, -1), offsets, flips, 4)
+    for i in range(5):
+        assert torch.equal(out[i], ref_crop(mean, *offsets[i].tolist(), bool(flips[i]), 4))
+
+
 @pytest.mark.parametrize("input_scale", ["paper", "unit_std"])
 def test_paper_train_crop_and_input_scale(shared_tiny_data, input_scale):
     images, draws = epoch_batch(shared_tiny_data, 10)

@@ -55,12 +55,13 @@ def test_quick_run_prints_and_returns_ratios(tiny, capsys, monkeypatch):
                   "channels_last / contiguous", "bf16 autocast / fp32", "MLflow logging"):
         assert label in text
     res = json.loads(out.read_text())
-    for key in ("harness", "plain", "compute", "compute_no_lrn", "compute_torch_lrn", "compute_contiguous",
+    for key in ("harness", "plain", "compute", "compute_no_lrn", "compute_torch_lrn", "compute_plain_lrn",
+                "compute_contiguous",
                 "compute_bf16", "eval"):
         assert res["rows"][key]["error"] == "", res["rows"][key]["error"]
         assert res["rows"][key]["images_per_s"] > 0
     for key in ("harness/plain", "harness/compute", "harness/roofline", "lrn_overhead_core",
-                "lrn_overhead_torch", "channels_last/contiguous", "bf16/fp32", "mlflow_overhead"):
+                "lrn_overhead_torch", "lrn_overhead_plain", "channels_last/contiguous", "bf16/fp32", "mlflow_overhead"):
         assert res["ratios"][key] is not None and math.isfinite(res["ratios"][key]), key
     assert res["ratios"]["compile/eager"] is None   # skipped
     assert res["roofline"]["train_gflop_per_image"] > 0

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.lrn import LRN, lrn
+from core.lrn import KERNEL, LRN, lrn
 from core.model import LRN_ALPHA
 
 K, N, ALPHA, BETA = 2.0, 5, 1e-4, 0.75   # §3.3
@@ -93,3 +93,35 @@ def test_channels_last_input_gives_the_same_result():
     x = a.double().clone().requires_grad_(True)
     lrn_reference(x).sum().backward()
     torch.testing.assert_close(cl.grad.double(), x.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 24, 7, 7), (5, 24, 7, 7), (1, 10, 3, 3)])
+def test_fused_and_plain_kernels_agree(monkeypatch, shape):
+    """The torch.compile'd kernels (CPU default) and the plain ops compute the same LRN, forward
+    and backward, for several batch sizes of one layer shape (the batch dimension is dynamic)."""
+    a = realistic(shape, torch.float32, seed=9).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(10))
+    results = {}
+    for kernel in ("fused", "eager"):
+        monkeypatch.setenv("ALEXNET_LRN_KERNEL", kernel)
+        x = a.clone().requires_grad_(True)
+        out = LRN()(x)
+        out.backward(g)
+        results[kernel] = (out.detach(), x.grad)
+    assert not KERNEL.failed, "the fused kernels fell back to plain ops"
+    for fused, plain in zip(results["fused"], results["eager"]):
+        torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(results["fused"][0].double(), lrn_reference(a.double()), rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_input_is_normalised_in_float32():
+    a = realistic((2, 8, 3, 3), torch.float32, seed=11)
+    out = LRN()(a.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), lrn_reference(a.bfloat16().double()).float(), rtol=1e-2, atol=1e-2)
+
+
+def test_unknown_kernel_choice_names_the_choices(monkeypatch):
+    monkeypatch.setenv("ALEXNET_LRN_KERNEL", "fast")
+    with pytest.raises(ValueError, match="auto, fused, eager"):
+        LRN()(torch.ones(1, 3, 2, 2))

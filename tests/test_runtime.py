@@ -1,0 +1,58 @@
+"""core/runtime.py: process settings that change speed, not results."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+
+from core import runtime
+
+# a few SGD steps of the `cpu` profile's AlexNet; prints whether glibc took the settings, then the
+# page faults of each step (fresh activation tensors that glibc gave back to the kernel fault in again)
+PROBE = """
+import resource, torch
+from core import runtime
+tuned = runtime.tune_malloc()
+torch.set_num_threads(1)
+from core.config import RunConfig, load_experiments
+from core.engine import build_model, train_step
+from core.schedule import build_optimizer
+ex = load_experiments("experiments.yaml")
+model = build_model(RunConfig(ex.profile("cpu"), ex.baseline, 0), 10)
+opt = build_optimizer(model.parameters(), 0.01, 0.9, 5e-4)
+x = torch.randn(32, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+y = torch.randint(0, 10, (32,))
+faults = []
+for _ in range(8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    train_step(model, opt, x, y)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(tuned, sum(faults[3:]))
+"""
+
+
+def probe(tune: str) -> tuple[str, int]:
+    env = {**os.environ, "ALEXNET_MALLOC_TUNE": tune, "ALEXNET_LRN_KERNEL": "eager"}
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    tuned, faults = out.stdout.split()
+    return tuned, int(faults)
+
+
+def test_malloc_tuning_stops_the_page_faults_of_each_step_and_can_be_turned_off():
+    tuned, faults = probe("1")
+    default, default_faults = probe("0")
+    assert (tuned, default) == ("True", "False")
+    assert default_faults > 5000, default_faults          # glibc's default: thousands per step
+    assert faults < default_faults / 10, (faults, default_faults)
+
+
+def test_threads_follow_the_environment(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setenv("ALEXNET_THREADS", "1")
+    try:
+        assert runtime.set_threads() == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
