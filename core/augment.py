@@ -7,7 +7,7 @@ lighting alphas (paired comparisons).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -30,6 +30,10 @@ class EpochDraws:
     alphas: torch.Tensor    # (N, 3) lighting coefficients ~ N(0, 0.1)
     rrc: torch.Tensor       # (N, RRC_TRIES, 4) uniforms for RandomResizedCrop
     fancy: torch.Tensor     # (N,) bool: the seed's FancyPCA applied (p=0.5); its alpha is alphas[:, 0]
+
+    def to(self, device) -> "EpochDraws":
+        """All draws on `device`: one copy per epoch instead of small synchronising copies per batch."""
+        return EpochDraws(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -101,15 +105,16 @@ class Pipeline:
         s = self.crop_size
         out = torch.empty(b, x.shape[1], s, s, device=x.device)
         log_r = (math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1]))
+        u = u.tolist()   # one read of the uniforms (from the GPU: one sync per batch, not per number)
         for i in range(b):
             box = (0, 0, h, w)   # fallback: the whole image
             for t in range(RRC_TRIES):
-                area = h * w * (RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * float(u[i, t, 0]))
-                ratio = math.exp(log_r[0] + (log_r[1] - log_r[0]) * float(u[i, t, 1]))
+                area = h * w * (RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * u[i][t][0])
+                ratio = math.exp(log_r[0] + (log_r[1] - log_r[0]) * u[i][t][1])
                 cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
                 if 0 < cw <= w and 0 < ch <= h:
-                    top = int(float(u[i, t, 2]) * (h - ch + 1))
-                    left = int(float(u[i, t, 3]) * (w - cw + 1))
+                    top = int(u[i][t][2] * (h - ch + 1))
+                    left = int(u[i][t][3] * (w - cw + 1))
                     box = (top, left, ch, cw)
                     break
             top, left, ch, cw = box
@@ -157,8 +162,8 @@ class Pipeline:
         views = []
         for flip in ([False] if not ten_crop else [False, True]):
             flips = torch.full((b,), flip, device=self.device)
-            for y, z in corners:
-                offsets = torch.tensor([y, z], device=self.device).expand(b, 2)
+            for y, z in corners:   # filled on the device: no host-to-device copy
+                offsets = torch.stack([torch.full((b,), v, device=self.device) for v in (y, z)], 1)
                 mean = crop_flip(self.mean_image.expand(b, -1, -1, -1), offsets, flips, s)
                 views.append(self.normalise(crop_flip(x, offsets, flips, s).float(), mean))
         return views

@@ -594,10 +594,9 @@ def gpu_batches(pipeline, images: torch.Tensor, labels: torch.Tensor, batch: int
     epoch's draws (core.augment.draw_epoch), a gather of the batch, Pipeline.train_batch, layout."""
     n, prep = len(images), images.shape[-1]
     for epoch in itertools.count(1):
-        draws = draw_epoch(n, prep, pipeline.crop_size, seed, epoch)
-        order = draws.order.to(images.device)
+        draws = draw_epoch(n, prep, pipeline.crop_size, seed, epoch).to(images.device)
         for start in range(0, n - batch + 1, batch):
-            idx = order[start:start + batch]
+            idx = draws.order[start:start + batch]
             yield layout(pipeline.train_batch(images[idx], draws, start), True), labels[idx]
 
 

@@ -86,10 +86,11 @@ def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, precision: st
     return loss.detach()
 
 
-def gather(images, idx: np.ndarray):
-    """Rows `idx` of the uint8 cache: a numpy memmap (read in file order) or a device tensor."""
+def gather(images, idx):
+    """Rows `idx` of the uint8 cache: a numpy memmap (read in file order; idx a numpy array) or a
+    device tensor (idx a tensor, best already on that device)."""
     if torch.is_tensor(images):
-        return images[torch.from_numpy(idx).to(images.device)]
+        return images[torch.as_tensor(idx, device=images.device)]
     sorted_idx = np.sort(idx)
     return np.asarray(images[sorted_idx])[np.searchsorted(sorted_idx, idx)]
 
@@ -111,14 +112,15 @@ def train_one_epoch(model, optimizer, pipeline: Pipeline, train: Split, batch_si
     model.train()
     device = pipeline.device
     n = len(train.labels)
-    draws = draw_epoch(n, train.images.shape[-1], pipeline.crop_size, seed, epoch)
-    order = draws.order.numpy()
+    host = draw_epoch(n, train.images.shape[-1], pipeline.crop_size, seed, epoch)
+    draws = host.to(device)   # on a GPU: nothing per batch waits for the host (no small copies)
     labels = torch.from_numpy(train.labels).to(device)
     total = torch.zeros((), device=device)
     for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
+        pos = slice(start, start + batch_size)
+        idx = draws.order[pos] if torch.is_tensor(train.images) else host.order[pos].numpy()
         x = layout(pipeline.train_batch(gather(train.images, idx), draws, start), channels_last)
-        total += train_step(model, optimizer, x, labels[torch.from_numpy(idx).to(device)], precision) * len(idx)
+        total += train_step(model, optimizer, x, labels[draws.order[pos]], precision) * len(idx)
     return total.item() / n, n
 
 
@@ -128,21 +130,22 @@ def evaluate(model, pipeline: Pipeline, split: Split, batch_size: int, ten_crop:
     """Top-1/top-5 error (fractions). ten_crop: the paper's 10 views, averaged as softmax outputs
     (paper) or logits (the seed)."""
     model.eval()
-    wrong1 = wrong5 = 0
+    wrong1 = wrong5 = torch.zeros((), dtype=torch.long, device=pipeline.device)   # read once, at the end
     n = len(split.labels)
+    labels = torch.from_numpy(split.labels).to(pipeline.device)
     for start in range(0, n, batch_size):
         images = split.images[start:start + batch_size]
         images = images if torch.is_tensor(images) else np.array(images)   # a writable copy of the slice
-        y = torch.from_numpy(split.labels[start:start + batch_size]).to(pipeline.device)
+        y = labels[start:start + batch_size]
         with autocast(pipeline.device, precision):
             logits = torch.stack([model(layout(v, channels_last)) for v in pipeline.eval_views(images, ten_crop)])
         logits = logits.float()                                                           # (V, B, classes)
         score = logits.softmax(-1).mean(0) if average == "softmax" else logits.mean(0)   # (B, classes)
         top5 = score.topk(min(5, score.shape[-1]), -1).indices
-        wrong1 += (top5[:, 0] != y).sum().item()
-        wrong5 += (~(top5 == y[:, None]).any(-1)).sum().item()
+        wrong1 = wrong1 + (top5[:, 0] != y).sum()
+        wrong5 = wrong5 + (~(top5 == y[:, None]).any(-1)).sum()
     prefix = "val10" if ten_crop else "val"
-    return {f"{prefix}_top1_err": wrong1 / n, f"{prefix}_top5_err": wrong5 / n}
+    return {f"{prefix}_top1_err": wrong1.item() / n, f"{prefix}_top5_err": wrong5.item() / n}
 
 
 def outcome_of(final_top1: float, num_classes: int, diverged: bool) -> str:
