@@ -10,12 +10,11 @@ A grid is a mapping with any of:
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from dataclasses import dataclass
 
 from core.config import ConfigError, Experiments, check_combination
-from core.toggles import REGISTRY, Toggles, ToggleError, as_dict, make_toggles
+from core.toggles import Toggles, ToggleError, as_dict, make_toggles
 
 GRID_KEYS = {"base", "base_name", "one_at_a_time", "factorial", "variants", "description"}
 

@@ -41,10 +41,11 @@ class ReportError(RuntimeError):
 class GridRuns:
     grid: str
     profile: str
-    cells: pd.DataFrame           # one row per (variant, seed): latest FINISHED run per config_hash
+    cells: pd.DataFrame           # one row per (variant, seed): its latest FINISHED run
     parents: pd.DataFrame
     base: str
     histories: dict = field(default_factory=dict)   # run_id -> {key: [(step, value)]}
+    superseded: int = 0           # older runs of a (variant, seed) under another config_hash, left out
 
 
 def load(tracker, grid: str, profile: str | None = None) -> GridRuns:
@@ -62,9 +63,13 @@ def load(tracker, grid: str, profile: str | None = None) -> GridRuns:
         raise ReportError(f"no finished runs of grid {grid!r} on profile {profile!r}")
     cells = cells.sort_values("start_time").drop_duplicates("tags.config_hash", keep="last")
     cells = cells.assign(seed=cells["params.seed"].astype(int), variant=cells["tags.variant"])
+    # a profile edited between runs gives a (variant, seed) a second config_hash: the latest counts
+    superseded = len(cells) - len(cells.drop_duplicates(["variant", "seed"], keep="last"))
+    cells = cells.drop_duplicates(["variant", "seed"], keep="last")
     base = cells["tags.base_variant"].dropna().iloc[-1] if "tags.base_variant" in cells and \
         cells["tags.base_variant"].notna().any() else "baseline"
-    out = GridRuns(grid, profile, cells.reset_index(drop=True), parents[parents["tags.profile"] == profile], base)
+    out = GridRuns(grid, profile, cells.reset_index(drop=True), parents[parents["tags.profile"] == profile], base,
+                   superseded=superseded)
     for run_id in out.cells["run_id"]:
         out.histories[run_id] = {k: tracker.history(run_id, k) for k in ("val_top1_err", "lr")}
     return out
@@ -142,7 +147,8 @@ def header(g: GridRuns, tracker, command: str) -> str:
              f"device {c.get('params.device', '?')}, precision {c.get('params.precision', '?')}",
              f"- **Seeds**: {len(seeds)} ({', '.join(map(str, seeds))}); each number below says its n",
              f"- **Runs**: {len(g.cells)} finished cells, trained {started:%Y-%m-%d %H:%M} to {ended:%Y-%m-%d %H:%M} UTC "
-             f"at git commit {commits}",
+             f"at git commit {commits}" + (f"; {g.superseded} older run(s) of the same variant and seed under another "
+                                           f"config (the profile changed) left out" if g.superseded else ""),
              f"- **MLflow**: `{tracker.client.tracking_uri}`, experiment `{tracker.experiment}`; "
              f"run ids of every number at the end",
              f"- **Report generated** {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from core.config import Experiments, Profile, RunConfig
 from core.data import load_split, resolve_root, train_stats
 from core.engine import Data, resolve_device, train
-from core.toggles import NAMED, REGISTRY, as_dict
+from core.toggles import REGISTRY, as_dict
 from .grids import Variant, expand
 
 REPO = Path(__file__).resolve().parent.parent

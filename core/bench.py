@@ -40,7 +40,7 @@ from torch import nn
 from .augment import IMAGENET_MEAN, draw_epoch
 from .config import ConfigError, RunConfig, load_experiments
 from .data import REPO, DataError, Split, Stats, load_split, resolve_root, scan, train_stats
-from .engine import (Data, layout, train_step, autocast, build_model, build_pipeline, evaluate, resolve_device,
+from .engine import (Data, layout, train_step, build_model, build_pipeline, evaluate, resolve_device,
                      train_one_epoch)
 from . import runtime
 from .flops import matmul_gflops, sync, train_flops_per_image

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .toggles import REGISTRY, Toggles, ToggleError, as_dict, make_toggles
+from .toggles import Toggles, ToggleError, as_dict, make_toggles
 
 PAPER_EPOCHS = {"paper": 90, "seed": 120}   # §5; the seed trained 120
 PAPER_PATIENCE_AT_90 = 10                   # epochs without improvement before an lr drop, at 90 epochs

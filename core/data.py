@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
@@ -111,6 +112,26 @@ def _digest(samples: list[tuple[str, int]], size: int) -> str:
     return h.hexdigest()[:16]
 
 
+def _owner(pid: int) -> str:
+    return f"{socket.gethostname()}-pid{pid}"
+
+
+def sweep_orphans(folder: Path) -> list[Path]:
+    """Remove temporary cache folders left by a killed process (kill -9 while decoding) on this
+    host: `.<name>.<host>-pid<N>.<random>` whose process N no longer exists. Returns them."""
+    removed = []
+    for tmp in folder.glob(f".*.{socket.gethostname()}-pid*.*"):
+        try:
+            pid = int(tmp.name.split(f".{socket.gethostname()}-pid", 1)[1].split(".", 1)[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+        except (ValueError, PermissionError):   # not our naming, or a live process of another user
+            continue
+    return removed
+
+
 def load_split(root: Path, split: str, size: int, classes: tuple[str, ...] | None = None,
                max_per_class: int | None = None, cache: str | None = None, workers: int | None = None,
                progress: bool = True) -> Split:
@@ -119,7 +140,8 @@ def load_split(root: Path, split: str, size: int, classes: tuple[str, ...] | Non
     final = cache_dir(cache) / f"{split}-{size}px-{digest}"
     if not (final / "images.npy").exists():
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+        sweep_orphans(final.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_owner(os.getpid())}.", dir=final.parent))
         try:
             images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (len(samples), 3, size, size))
             jobs = [(p, size) for p, _ in samples]
@@ -137,7 +159,11 @@ def load_split(root: Path, split: str, size: int, classes: tuple[str, ...] | Non
             np.save(tmp / "labels.npy", np.array([l for _, l in samples], dtype=np.int64))
             (tmp / "meta.json").write_text(json.dumps({"root": str(root), "split": split, "size": size,
                                                        "classes": classes, "n": len(samples)}))
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError:   # another process finished the same cache first: use theirs
+                if not (final / "images.npy").exists():
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return Split(np.load(final / "images.npy", mmap_mode="r"), np.load(final / "labels.npy"),

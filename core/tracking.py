@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 import warnings
 import tempfile
 from dataclasses import dataclass, field
@@ -66,9 +67,7 @@ class _MlflowRun:
         self.client, self.run_id = client, run_id
 
     def log_metrics(self, metrics, step=None):
-        import mlflow
         from mlflow.entities import Metric
-        import time
         ts = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step or 0) for k, v in metrics.items()])
 

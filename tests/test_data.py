@@ -173,3 +173,44 @@ def test_truncated_jpeg_is_a_data_error(tiny_imagefolder, tmp_path):
     path.write_bytes(path.read_bytes()[:60])
     with pytest.raises(DataError, match="img0.JPEG"):
         split(tiny_imagefolder, "val", tmp_path / "cache")
+
+
+SLOW_DECODE = """
+import sys, time
+import core.data as d
+real = d._load
+def slow(args):
+    time.sleep(0.3)
+    return real(args)
+d._load = slow
+d.load_split(d.Path(sys.argv[1]), "train", int(sys.argv[3]), cache=sys.argv[2], workers=1, progress=False)
+"""
+
+
+def test_kill_9_while_decoding_leaves_nothing_the_next_load_keeps(tiny_imagefolder, tmp_path):
+    """A decode killed with SIGKILL leaves its temporary folder; the next load_split on this host
+    removes it (its process is gone) and builds one complete entry."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_DECODE, str(tiny_imagefolder), str(cache), str(PREP)])
+    deadline = time.time() + 60
+    while not (cache.exists() and any(p.name.startswith(".") for p in cache.iterdir())):
+        assert time.time() < deadline and proc.poll() is None, "the decode never started"
+        time.sleep(0.05)
+    time.sleep(0.5)                                   # mid-decode
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (orphan,) = cache.iterdir()
+    assert orphan.name.startswith(".") and (orphan / "images.npy").exists()
+    good = split(tiny_imagefolder, "train", cache)
+    assert [p.name for p in cache.iterdir()] == [f"train-{PREP}px-{good.digest}"]
+    assert len(good.labels) == len(CLASSES) * TRAIN_PER_CLASS
+
+
+def test_sweep_keeps_folders_of_live_processes(tmp_path):
+    live = tmp_path / f".train-37px-x.{data_mod._owner(os.getpid())}.abc"
+    live.mkdir()
+    assert data_mod.sweep_orphans(tmp_path) == [] and live.exists()

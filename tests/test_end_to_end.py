@@ -140,3 +140,24 @@ def test_report_from_mlflow(store):
     # logged to the parent run too, with a summary metric per variant
     parent = runs(uri).query("`tags.role` == 'grid'").iloc[0]
     assert parent["metrics.summary/baseline/val10_top1_err_mean"] == pytest.approx(base.mean())
+
+
+def test_report_keeps_the_latest_run_when_a_profile_changed(tmp_path):
+    """Editing a profile between runs gives each (variant, seed) a second config_hash; the report
+    counts the latest run once and says how many older ones it left out."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    edited = tmp_path / "experiments.yaml"
+    text = (REPO / "experiments.yaml").read_text()
+    assert "    lr: 0.01\n    epoch_scale: 0.0223" in text
+    edited.write_text(text.replace("    lr: 0.01\n    epoch_scale: 0.0223", "    lr: 0.02\n    epoch_scale: 0.0223"))
+    common = ("--grid", "seed", "--profile", "smoke", "--seeds", "1", "--tracking-uri", uri,
+              "--cache-dir", str(tmp_path / "cache"), "--data-root", str(SHARED))
+    for config in (REPO / "experiments.yaml", edited):
+        res = cli("run_ablation.py", *common, "--config", str(config))
+        assert res.returncode == 0, res.stderr[-2000:]
+    out = tmp_path / "report.md"
+    res = cli("report.py", "--grid", "seed", "--profile", "smoke", "--tracking-uri", uri, "--out", str(out), "--no-log")
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = out.read_text()
+    assert "2 finished cells" in report and "2 older run(s) of the same variant and seed" in report
+    assert "lr 0.02" in report
