@@ -461,7 +461,8 @@ def run_cpu(cfg: RunConfig, data: Data, root, device: torch.device, budget: Budg
         add(key, lambda: measure_compute(key, vcfg, batches, device, budget, **extra))
     out = {"setting": setting(cfg, data, device, budget), "rows": rows}
     if "roofline" not in skip:
-        out["roofline"] = guarded_dict(lambda: roofline(cfg, batches[0], device, 0.5 if quick else 3.0))
+        mm_dtype = torch.bfloat16 if cfg.profile.precision == "bf16" else torch.float32   # the profile's precision
+        out["roofline"] = guarded_dict(lambda: roofline(cfg, batches[0], device, 0.5 if quick else 3.0, mm_dtype))
     if "mlflow" not in skip:
         out["mlflow"] = guarded_dict(lambda: mlflow_logging(3 if quick else 10))
     out["ratios"] = summarise(out, len(data.train.labels), len(data.val.labels))

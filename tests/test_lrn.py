@@ -125,3 +125,22 @@ def test_unknown_kernel_choice_names_the_choices(monkeypatch):
     monkeypatch.setenv("ALEXNET_LRN_KERNEL", "fast")
     with pytest.raises(ValueError, match="auto, fused, eager"):
         LRN()(torch.ones(1, 3, 2, 2))
+
+
+def test_bf16_fused_and_plain_kernels_agree_forward_and_backward(monkeypatch):
+    a = realistic((4, 12, 5, 5), torch.float32, seed=12).bfloat16().contiguous(memory_format=torch.channels_last)
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(13)).bfloat16()
+    results = {}
+    for kernel in ("fused", "eager"):
+        monkeypatch.setenv("ALEXNET_LRN_KERNEL", kernel)
+        x = a.clone().requires_grad_(True)
+        out = LRN()(x)
+        out.backward(g)
+        assert out.dtype == x.grad.dtype == torch.bfloat16
+        results[kernel] = (out.detach().float(), x.grad.float())
+    for fused, plain in zip(results["fused"], results["eager"]):
+        torch.testing.assert_close(fused, plain, rtol=1e-2, atol=1e-3)
+    # and the gradient is the formula's, to bf16 precision
+    xr = a.double().clone().requires_grad_(True)
+    (lrn_reference(xr) * g.double()).sum().backward()
+    torch.testing.assert_close(results["fused"][1].double(), xr.grad, rtol=2e-2, atol=2e-3)
