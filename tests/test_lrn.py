@@ -95,12 +95,8 @@ def test_channels_last_input_gives_the_same_result():
     torch.testing.assert_close(cl.grad.double(), x.grad, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(3, 24, 7, 7), (5, 24, 7, 7), (1, 10, 3, 3)])
-def test_fused_and_plain_kernels_agree(monkeypatch, shape):
-    """The torch.compile'd kernels (CPU default) and the plain ops compute the same LRN, forward
-    and backward, for several batch sizes of one layer shape (the batch dimension is dynamic)."""
-    a = realistic(shape, torch.float32, seed=9).contiguous(memory_format=torch.channels_last)
-    g = torch.randn(shape, generator=torch.Generator().manual_seed(10))
+def both_kernels(a: torch.Tensor, g: torch.Tensor, monkeypatch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(output, input gradient) of LRN on `a` with upstream gradient g, per kernel choice."""
     results = {}
     for kernel in ("fused", "eager"):
         monkeypatch.setenv("ALEXNET_LRN_KERNEL", kernel)
@@ -109,6 +105,16 @@ def test_fused_and_plain_kernels_agree(monkeypatch, shape):
         out.backward(g)
         results[kernel] = (out.detach(), x.grad)
     assert not KERNEL.failed, "the fused kernels fell back to plain ops"
+    return results
+
+
+@pytest.mark.parametrize("shape", [(3, 24, 7, 7), (5, 24, 7, 7), (1, 10, 3, 3)])
+def test_fused_and_plain_kernels_agree(monkeypatch, shape):
+    """The torch.compile'd kernels (CPU default) and the plain ops compute the same LRN, forward
+    and backward, for several batch sizes of one layer shape (the batch dimension is dynamic)."""
+    a = realistic(shape, torch.float32, seed=9).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(10))
+    results = both_kernels(a, g, monkeypatch)
     for fused, plain in zip(results["fused"], results["eager"]):
         torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(results["fused"][0].double(), lrn_reference(a.double()), rtol=1e-5, atol=1e-5)
@@ -130,16 +136,10 @@ def test_unknown_kernel_choice_names_the_choices(monkeypatch):
 def test_bf16_fused_and_plain_kernels_agree_forward_and_backward(monkeypatch):
     a = realistic((4, 12, 5, 5), torch.float32, seed=12).bfloat16().contiguous(memory_format=torch.channels_last)
     g = torch.randn(a.shape, generator=torch.Generator().manual_seed(13)).bfloat16()
-    results = {}
-    for kernel in ("fused", "eager"):
-        monkeypatch.setenv("ALEXNET_LRN_KERNEL", kernel)
-        x = a.clone().requires_grad_(True)
-        out = LRN()(x)
-        out.backward(g)
-        assert out.dtype == x.grad.dtype == torch.bfloat16
-        results[kernel] = (out.detach().float(), x.grad.float())
+    results = both_kernels(a, g, monkeypatch)
+    assert all(t.dtype == torch.bfloat16 for pair in results.values() for t in pair)
     for fused, plain in zip(results["fused"], results["eager"]):
-        torch.testing.assert_close(fused, plain, rtol=1e-2, atol=1e-3)
+        torch.testing.assert_close(fused.float(), plain.float(), rtol=1e-2, atol=1e-3)
     # and the gradient is the formula's, to bf16 precision
     xr = a.double().clone().requires_grad_(True)
     (lrn_reference(xr) * g.double()).sum().backward()
