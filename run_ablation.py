@@ -25,6 +25,7 @@ from ablations.grids import expand            # noqa: E402
 from ablations.runner import load_data, plan, run_grid   # noqa: E402
 from core.config import ConfigError, load_experiments    # noqa: E402
 from core.data import DataError                # noqa: E402
+from core import runtime                         # noqa: E402
 from core.toggles import REGISTRY              # noqa: E402
 from core.tracking import DEFAULT_EXPERIMENT   # noqa: E402
 
@@ -78,6 +79,7 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
     try:
+        runtime.check_environment()
         experiments = load_experiments(args.config)
         if args.list:
             show(experiments)

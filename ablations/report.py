@@ -64,8 +64,8 @@ def load(tracker, grid: str, profile: str | None = None) -> GridRuns:
     cells = cells.sort_values("start_time").drop_duplicates("tags.config_hash", keep="last")
     cells = cells.assign(seed=cells["params.seed"].astype(int), variant=cells["tags.variant"])
     # a profile edited between runs gives a (variant, seed) a second config_hash: the latest counts
-    superseded = len(cells) - len(cells.drop_duplicates(["variant", "seed"], keep="last"))
-    cells = cells.drop_duplicates(["variant", "seed"], keep="last")
+    latest = cells.drop_duplicates(["variant", "seed"], keep="last")
+    superseded, cells = len(cells) - len(latest), latest
     base = cells["tags.base_variant"].dropna().iloc[-1] if "tags.base_variant" in cells and \
         cells["tags.base_variant"].notna().any() else "baseline"
     out = GridRuns(grid, profile, cells.reset_index(drop=True), parents[parents["tags.profile"] == profile], base,

@@ -172,7 +172,7 @@ class Pipeline:
 def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
     """x: (B, C, P, P) -> (B, C, size, size), cropped at offsets (B, 2) = (top, left) and mirrored
     left-right where flips (B,) is true; one torch.gather over the flattened pixels for the whole
-    batch (4x faster on the CPU than advanced indexing). x may be an expanded view (the mean image)."""
+    batch (cheaper on the CPU than advanced indexing). x may be an expanded view (the mean image)."""
     b, c, p = x.shape[0], x.shape[1], x.shape[-1]
     ar = torch.arange(size, device=x.device)
     rows = offsets[:, :1] + ar                                                  # (B, S)

@@ -21,7 +21,6 @@ of the per-epoch MLflow logging. Each measurement first runs untimed warm-up bat
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -44,7 +43,7 @@ from .engine import (Data, layout, train_step, build_model, build_pipeline, eval
                      train_one_epoch)
 from . import runtime
 from .flops import matmul_gflops, sync, train_flops_per_image
-from .lrn import LRN
+from .lrn import LRN, using as lrn_kernels
 from .schedule import build_optimizer
 
 PLAIN_WORKERS = 2                 # the seed's DataLoader
@@ -311,32 +310,19 @@ def premade(cfg: RunConfig, data: Data, device: torch.device, count: int = 3) ->
     return [pipeline.train_batch(np.array(data.train.images[s:s + p.batch_size]), draws, s) for s in starts]
 
 
-@contextlib.contextmanager
-def environ(name: str, value: str | None):
-    """Set (or with None leave alone) one environment variable for the duration."""
-    before = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if value is not None:
-            os.environ.pop(name) if before is None else os.environ.__setitem__(name, before)
-
-
 def measure_compute(name: str, cfg: RunConfig, batches: list[torch.Tensor], device: torch.device,
                     budget: Budget, torch_lrn: bool = False, compiled: bool = False,
                     lrn_kernel: str | None = None) -> Timing:
     """(c) and its variants: train_one_epoch fed pre-made batches (PremadeBatches), with cfg's
     layout, precision and LRN; torch_lrn swaps in nn.LocalResponseNorm; compiled wraps the model
     in torch.compile (its compilation happens in the untimed warm-up, reported as warmup_s);
-    lrn_kernel sets $ALEXNET_LRN_KERNEL for the measurement (core.lrn)."""
-    with environ("ALEXNET_LRN_KERNEL", lrn_kernel):
-        return _measure_compute(name, cfg, batches, device, budget, torch_lrn, compiled)
+    lrn_kernel picks core.lrn's kernels for the measurement (core.lrn.using)."""
+    with lrn_kernels(lrn_kernel):
+        return _time_compute(name, cfg, batches, device, budget, torch_lrn, compiled)
 
 
-def _measure_compute(name: str, cfg: RunConfig, batches: list[torch.Tensor], device: torch.device,
-                     budget: Budget, torch_lrn: bool, compiled: bool) -> Timing:
+def _time_compute(name: str, cfg: RunConfig, batches: list[torch.Tensor], device: torch.device,
+                  budget: Budget, torch_lrn: bool, compiled: bool) -> Timing:
     p = cfg.profile
     model, optimizer = new_model(cfg, device, torch_lrn=torch_lrn, compiled=compiled)
     stub = PremadeBatches([layout(x, p.channels_last) for x in batches], p.image_size, device)
@@ -786,8 +772,9 @@ def to_json(res: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    runtime.configure()   # threads and malloc, as core.engine.train
     try:
+        runtime.check_environment()
+        runtime.configure()   # threads and malloc, as core.engine.train
         budget, skip = make_budget(args, args.gpu_synthetic), parse_skip(args.skip)
         if args.gpu_synthetic:
             res = run_gpu(args.config, budget, limit_s=15.0 if args.quick else 40.0, only=args.gpu_only)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -119,16 +120,19 @@ def _owner(pid: int) -> str:
 def sweep_orphans(folder: Path) -> list[Path]:
     """Remove temporary cache folders left by a killed process (kill -9 while decoding) on this
     host: `.<name>.<host>-pid<N>.<random>` whose process N no longer exists. Returns them."""
+    mine = re.compile(rf"\..+\.{re.escape(socket.gethostname())}-pid(\d+)\..+")
     removed = []
-    for tmp in folder.glob(f".*.{socket.gethostname()}-pid*.*"):
+    for tmp in folder.glob(".*"):
+        found = mine.fullmatch(tmp.name)
+        if not found:
+            continue
         try:
-            pid = int(tmp.name.split(f".{socket.gethostname()}-pid", 1)[1].split(".", 1)[0])
-            os.kill(pid, 0)
+            os.kill(int(found.group(1)), 0)
         except ProcessLookupError:
             shutil.rmtree(tmp, ignore_errors=True)
             removed.append(tmp)
-        except (ValueError, PermissionError):   # not our naming, or a live process of another user
-            continue
+        except PermissionError:   # alive, another user's
+            pass
     return removed
 
 

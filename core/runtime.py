@@ -16,10 +16,27 @@ import os
 
 import torch
 
+from .config import ConfigError
+from .lrn import kernel_choice
+
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3   # glibc's mallopt parameters
 MMAP_THRESHOLD_MAX = 32 * 1024 * 1024                       # glibc's limit on 64-bit builds
 TOP_PAD = 64 * 1024 * 1024
 NEVER_TRIM = 2 ** 31 - 1                                     # mallopt takes a C int
+
+
+def check_environment() -> None:
+    """The ALEXNET_* settings this package reads while training, checked before anything starts:
+    a ConfigError that names the fix."""
+    threads = os.environ.get("ALEXNET_THREADS")
+    if threads is not None and not (threads.isdigit() and int(threads) > 0):
+        raise ConfigError(f"ALEXNET_THREADS={threads!r}: set a positive whole number of threads, or unset it")
+    if os.environ.get("ALEXNET_MALLOC_TUNE", "1") not in ("0", "1"):
+        raise ConfigError(f"ALEXNET_MALLOC_TUNE={os.environ['ALEXNET_MALLOC_TUNE']!r}: set 0 or 1, or unset it")
+    try:
+        kernel_choice()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def set_threads() -> int:

@@ -114,3 +114,13 @@ def test_interrupted_grid_marks_run_killed_and_resumes(tmp_path, tiny_imagefolde
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0
     assert f"{21 - finished} trained, {finished} already finished" in res.stderr
+
+
+@pytest.mark.parametrize("name, value", [("ALEXNET_LRN_KERNEL", "fast"), ("ALEXNET_THREADS", "two"),
+                                         ("ALEXNET_MALLOC_TUNE", "yes")])
+def test_bad_environment_setting_is_named_before_anything_runs(tmp_path, tiny_imagefolder, name, value):
+    res, uri = run_cli(tmp_path, "--grid", "deviations", "--data-root", str(tiny_imagefolder),
+                       env_extra={name: value})
+    assert res.returncode == 2
+    assert f"{name}={value!r}" in error_line(res)
+    assert no_runs(uri)
