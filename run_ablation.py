@@ -28,13 +28,28 @@ from core.data import DataError                # noqa: E402
 from core import runtime                         # noqa: E402
 from core.toggles import REGISTRY              # noqa: E402
 from core.tracking import DEFAULT_EXPERIMENT   # noqa: E402
+from core.engine import resolve_device         # noqa: E402
+
+
+def check_device(device: str) -> None:
+    """A device this machine has, before any run or cache is made."""
+    import torch
+    try:
+        dev = resolve_device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: use cpu, cuda, cuda:N or auto")
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"--device {device!r}: this machine has no such CUDA device; use --device cpu (or auto)")
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", help="grid name from experiments.yaml")
     ap.add_argument("--profile", default="demo", help="profile from experiments.yaml (default: demo)")
-    ap.add_argument("--seeds", type=int, default=1, help="repeat each variant with seeds 0..N-1 (default 1)")
+    ap.add_argument("--seeds", type=int, default=1, help="repeat each variant with N seeds (default 1)")
+    ap.add_argument("--first-seed", type=int, default=0, help="the seeds are K..K+N-1 (default 0)")
     ap.add_argument("--data-root", help="ImageFolder root with train/ and val/ "
                                         "(else $ALEXNET_DATA_ROOT, else data/ or ../shared/datasets/)")
     ap.add_argument("--cache-dir", help="uint8 cache folder (else $ALEXNET_CACHE_DIR, else ~/.cache/alexnet-ablation)")
@@ -86,18 +101,23 @@ def _main(args) -> int:
             return 0
         if not args.grid:
             raise ConfigError(f"--grid is required; choices: {', '.join(experiments.grids)}")
-        cells = plan(experiments, args.grid, args.profile, args.seeds)   # validates grid, profile, toggles
+        check_device(args.device)
+        cells = plan(experiments, args.grid, args.profile, args.seeds, args.device,
+                     first_seed=args.first_seed)   # validates grid, profile, toggles
         data = load_data(cells[0].config.profile, args.data_root, args.cache_dir)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from core.tracking import MlflowTracker
     tracker = MlflowTracker(args.experiment, args.tracking_uri, system_metrics=not args.no_system_metrics)
-    print(f"{args.grid}: {len(cells)} cells on profile {args.profile} "
+    prof = cells[0].config.profile
+    print(f"{args.grid}: {len(cells)} cells on profile {args.profile}, {resolve_device(args.device)}, precision "
+          f"{prof.precision}{' (auto)' if experiments.profile(args.profile).precision == 'auto' else ''}, "
+          f"{runtime.set_threads()} threads "
           f"({len(data.train.labels)} train / {len(data.val.labels)} val images from {data.train.root}); "
           f"MLflow {tracker.client.tracking_uri}, experiment {args.experiment!r}", file=sys.stderr)
     out = run_grid(experiments, args.grid, args.profile, args.seeds, tracker, data, rerun=args.rerun,
-                   device=args.device, command=shlex.join(["python", *sys.argv]))
+                   device=args.device, command=shlex.join(["python", *sys.argv]), first_seed=args.first_seed)
     print(f"done: {len(out.ran)} trained, {len(out.skipped)} already finished (skipped); "
           f"parent run {out.parent_id}. Next: mlflow ui, or python report.py --grid {args.grid}"
           + (f" --experiment {args.experiment}" if args.experiment != DEFAULT_EXPERIMENT else ""),

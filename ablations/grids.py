@@ -5,6 +5,10 @@ A grid is a mapping with any of:
     base_name:       the name of that starting variant (default "baseline")
     one_at_a_time:   {toggle: value}: the base plus one variant per toggle, flipped alone
     factorial:       {toggle: [values]}: every combination (the full product)
+    fraction:        {toggle: [paper-side, deviation-side]} for k two-level toggles: the half of the
+                     2^k product with an even number of toggles on their second level (defining
+                     relation I = AB...K: resolution k, so for k = 6 main effects and two-way
+                     interactions are aliased only with four- and five-way interactions)
     variants:        {name: overrides}: explicit extra variants on top of the base
     description:     free text
 """
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from core.config import ConfigError, Experiments, check_combination
 from core.toggles import Toggles, ToggleError, as_dict, make_toggles
 
-GRID_KEYS = {"base", "base_name", "one_at_a_time", "factorial", "variants", "description"}
+GRID_KEYS = {"base", "base_name", "one_at_a_time", "factorial", "fraction", "variants", "description"}
 
 
 @dataclass(frozen=True)
@@ -47,13 +51,22 @@ def expand(experiments: Experiments, grid: str) -> list[Variant]:
     variants = [Variant(base_name, _toggles(base, f"{where}.base"))]
     for name, value in (spec.get("one_at_a_time") or {}).items():
         variants.append(Variant(f"{name}={_fmt(value)}", _toggles({**base, name: value}, f"{where}.one_at_a_time")))
-    factorial = spec.get("factorial") or {}
-    if factorial:
-        if not all(isinstance(v, list) and v for v in factorial.values()):
+    factorial, fraction = spec.get("factorial") or {}, spec.get("fraction") or {}
+    if factorial and fraction:
+        raise ConfigError(f"{where}: use either factorial or fraction, not both")
+    if fraction and not all(isinstance(v, list) and len(v) == 2 for v in fraction.values()):
+        raise ConfigError(f"{where}.fraction: each toggle needs a list of exactly two values")
+    if fraction and len(fraction) < 3:
+        raise ConfigError(f"{where}.fraction: a half fraction needs at least 3 toggles")
+    if factorial or fraction:
+        design = factorial or fraction
+        if not all(isinstance(v, list) and v for v in design.values()):
             raise ConfigError(f"{where}.factorial: each toggle needs a non-empty list of values")
         variants = []   # the product includes the base cell itself
-        for combo in itertools.product(*factorial.values()):
-            flips = dict(zip(factorial, combo))
+        for combo in itertools.product(*design.values()):
+            if fraction and sum(v == levels[1] for v, levels in zip(combo, design.values())) % 2:
+                continue
+            flips = dict(zip(design, combo))
             t = _toggles({**base, **flips}, f"{where}.factorial")
             diff = [f"{k}={_fmt(v)}" for k, v in flips.items() if v != base.get(k)]
             variants.append(Variant(",".join(diff) or base_name, t))
@@ -69,9 +82,3 @@ def expand(experiments: Experiments, grid: str) -> list[Variant]:
 
 def _fmt(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def flipped(variant: Variant, base: Toggles) -> dict:
-    """Toggles of `variant` that differ from `base`."""
-    a, b = as_dict(variant.toggles), as_dict(base)
-    return {k: v for k, v in a.items() if v != b[k]}

@@ -181,7 +181,7 @@ def new_model(cfg: RunConfig, device: torch.device, torch_lrn: bool = False, com
         swap_lrn(model)
     model = model.to(device)
     p = cfg.profile
-    optimizer = build_optimizer(model.parameters(), p.lr, p.momentum, p.weight_decay)
+    optimizer = build_optimizer(model, p.lr, p.momentum, p.weight_decay, cfg.toggles.momentum, cfg.toggles.bias_decay)
     return (torch.compile(model) if compiled else model), optimizer
 
 
@@ -781,7 +781,10 @@ def main(argv: list[str] | None = None) -> int:
             print_gpu(res)
         else:
             ex = load_experiments(args.config)
-            cfg = RunConfig(ex.profile(args.profile), ex.baseline, 0)
+            prof = ex.profile(args.profile)
+            device = resolve_device(args.device)
+            prof = dataclasses.replace(prof, precision=runtime.resolve_precision(prof.precision, device))
+            cfg = RunConfig(prof, ex.baseline, 0)
             data, root = load_data(cfg, args.data_root, args.cache_dir)
             res = run_cpu(cfg, data, root, resolve_device(args.device), budget, skip, args.quick)
             print_cpu(res)

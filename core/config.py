@@ -20,9 +20,11 @@ from .toggles import Toggles, ToggleError, as_dict, make_toggles
 PAPER_EPOCHS = {"paper": 90, "seed": 120}   # §5; the seed trained 120
 PAPER_PATIENCE_AT_90 = 10                   # epochs without improvement before an lr drop, at 90 epochs
 DATASET_CLASSES = {"imagenette": 10, "imagenet": 1000}
+PRECISIONS = ("auto", "fp32", "bf16")       # auto: bf16 where the device computes it natively
 
-
-SPEED_ONLY = ("description", "eval_batch_size", "compile")   # profile keys left out of config_hash
+# Profile keys left out of config_hash: they change speed or wording, not what is computed.
+# (precision is in: a run's hash holds the precision it resolved to on its machine.)
+SPEED_ONLY = ("description", "eval_batch_size", "compile", "channels_last")
 
 
 class ConfigError(ValueError):
@@ -43,10 +45,22 @@ class Profile:
     epoch_scale: float = 1.0            # multiplies the 90 / 120 epochs
     max_per_class: int | None = None    # subset of each class (smoke runs)
     eval_batch_size: int = 256
-    channels_last: bool = True          # memory format; faster on this CPU (README speed table)
-    precision: str = "fp32"             # "fp32" | "bf16" (autocast)
+    channels_last: bool = True          # memory format (README speed table: never slower, up to 1.7x faster)
+    precision: str = "auto"             # "auto" | "fp32" | "bf16" (autocast); auto: resolved per device
     compile: bool = False               # torch.compile the model (pays off on GPUs; README speed table)
     description: str = ""
+
+    def __post_init__(self):
+        where = f"profiles.{self.name}"
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{where}.precision {self.precision!r} unknown; choices: {', '.join(PRECISIONS)}")
+        if self.dataset not in DATASET_CLASSES:
+            raise ConfigError(f"{where}.dataset {self.dataset!r} unknown; choices: {', '.join(DATASET_CLASSES)}")
+        for z in (2, 3):   # both pooling toggles must leave the last pooling at least 3x3 maps
+            if pooled_sizes(self.image_size, self.stem, z)[2] < 3:
+                raise ConfigError(f"{where}: image_size {self.image_size} with stem {list(self.stem)} leaves maps "
+                                  f"smaller than 3x3 before the last pooling; use a larger image_size or a "
+                                  f"smaller stem stride")
 
     @property
     def prep_size(self) -> int:
@@ -61,11 +75,23 @@ class Profile:
         return max(1, round(PAPER_EPOCHS[choice] * self.epoch_scale))
 
 
+def pooled_sizes(image_size: int, stem: tuple[int, int, int], z: int) -> list[int]:
+    """Spatial size after conv1, pool1, pool2 and pool3 (pools of size z, stride 2)."""
+    k, s, p = stem
+    pool = lambda n: (n - z) // 2 + 1
+    c1 = (image_size + 2 * p - k) // s + 1
+    return [c1, pool(c1), pool(pool(c1)), pool(pool(pool(c1)))]
+
+
 @dataclass(frozen=True)
 class RunConfig:
+    """One run. `data`: the digest of the dataset it trains on (classes, split sizes, files), so a
+    different dataset is a different run; `commit`: the code's commit where identity is strict."""
     profile: Profile
     toggles: Toggles = field(default_factory=Toggles)
     seed: int = 0
+    data: str = ""
+    commit: str = ""
 
     def __post_init__(self):
         check_combination(self.toggles)
@@ -76,16 +102,20 @@ class RunConfig:
 
     @property
     def patience(self) -> int:
-        """Patience of the paper schedule, scaled to this run's epoch budget."""
-        return max(1, round(PAPER_PATIENCE_AT_90 * self.epochs / 90))
+        """Patience of both lr schedules in epochs: 10 at the paper's 90 epochs, times the profile's
+        epoch_scale; the `epochs` toggle leaves it alone (it changes only the number of epochs)."""
+        return max(1, round(PAPER_PATIENCE_AT_90 * self.profile.epoch_scale))
 
     def resolved(self) -> dict[str, Any]:
         """Everything that determines the run, plus derived values: saved as config.yaml."""
         prof = dataclasses.asdict(self.profile)
         prof["stem"] = list(self.profile.stem)
-        return {"seed": self.seed, "toggles": as_dict(self.toggles), "profile": prof,
-                "derived": {"epochs": self.epochs, "prep_size": self.profile.prep_size,
-                            "lr_patience": self.patience}}
+        out = {"seed": self.seed, "toggles": as_dict(self.toggles), "profile": prof, "data": self.data,
+               "derived": {"epochs_run": self.epochs, "prep_size": self.profile.prep_size,
+                           "lr_patience": self.patience}}
+        if self.commit:
+            out["commit"] = self.commit
+        return out
 
     def hash(self) -> str:
         """Stable hash of the resolved config and seed. Leaves out the settings that only change
@@ -134,12 +164,7 @@ def _typed(cls, data: dict, where: str):
 def make_profile(name: str, data: dict) -> Profile:
     if not isinstance(data, dict):
         raise ConfigError(f"profile {name!r} must be a mapping of keys to values")
-    prof = Profile(name=name, **_typed(Profile, data, f"profiles.{name}"))
-    if prof.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"profiles.{name}.precision {prof.precision!r} unknown; choices: fp32, bf16")
-    if prof.dataset not in DATASET_CLASSES:
-        raise ConfigError(f"profiles.{name}.dataset {prof.dataset!r} unknown; choices: {', '.join(DATASET_CLASSES)}")
-    return prof
+    return Profile(name=name, **_typed(Profile, data, f"profiles.{name}"))
 
 
 @dataclass(frozen=True)
@@ -156,12 +181,22 @@ class Experiments:
         return self.profiles[name]
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads 1e-2 (no dot) as a string; this loader reads it as the float it is."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    __import__("re").compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)$|^[-+]?(?:\d+\.\d*|\.\d+)$"),
+    list("-+0123456789."))
+
+
 def load_experiments(path: str | Path) -> Experiments:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} not found; run from the repository root or pass --config PATH")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from None
     if not isinstance(raw, dict):

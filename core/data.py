@@ -50,6 +50,7 @@ class Split:
     classes: tuple[str, ...]
     root: str
     digest: str               # content key of the cache (file list, sizes, mtimes, size)
+    identity: str = ""        # what the split is, wherever it lies: classes, relative paths, labels, file sizes
 
 
 def resolve_root(dataset: str, data_root: str | None = None) -> Path:
@@ -113,6 +114,15 @@ def _digest(samples: list[tuple[str, int]], size: int) -> str:
     return h.hexdigest()[:16]
 
 
+def _identity(root: Path, samples: list[tuple[str, int]], classes: tuple[str, ...]) -> str:
+    """The split's identity, independent of where the folder lies and of file times: part of every
+    run's config_hash, so runs on another dataset (or another subset) are other cells."""
+    h = hashlib.sha1(json.dumps(list(classes)).encode())
+    for path, label in samples:
+        h.update(f"{Path(path).relative_to(root).as_posix()}|{label}|{os.stat(path).st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def _owner(pid: int) -> str:
     return f"{socket.gethostname()}-pid{pid}"
 
@@ -171,7 +181,7 @@ def load_split(root: Path, split: str, size: int, classes: tuple[str, ...] | Non
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return Split(np.load(final / "images.npy", mmap_mode="r"), np.load(final / "labels.npy"),
-                 tuple(classes), str(root), digest)
+                 tuple(classes), str(root), digest, _identity(root, samples, classes))
 
 
 @dataclass(frozen=True)

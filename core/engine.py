@@ -2,7 +2,8 @@
 crop) and at the end (10 crops, §4.1), and report everything through a RunLog.
 
 Metric keys (step = epoch, 1-based): train_loss, lr, val_top1_err, val_top5_err, epoch_time_s,
-images_per_s; at the end val10_top1_err, val10_top5_err.
+images_per_s; at the end val10_top1_err, val10_top5_err, epochs_at_chance, wall_time_s. Tag:
+outcome (core/outcomes.py).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from .augment import Pipeline, draw_epoch
 from .config import RunConfig
 from .data import Split, Stats
-from . import runtime
+from . import outcomes, runtime
 from .model import LRN_ALPHA, AlexNet, Arch, init_weights
 from .schedule import Schedule, build_optimizer
 
@@ -32,7 +33,7 @@ class Data:
 @dataclass(frozen=True)
 class Result:
     metrics: dict[str, float]     # final values
-    outcome: str                  # "learned" | "chance" | "diverged"
+    outcome: str                  # core.outcomes.OUTCOMES
     epochs_run: int
     wall_s: float
 
@@ -148,18 +149,12 @@ def evaluate(model, pipeline: Pipeline, split: Split, batch_size: int, ten_crop:
     return {f"{prefix}_top1_err": wrong1.item() / n, f"{prefix}_top5_err": wrong5.item() / n}
 
 
-def outcome_of(final_top1: float, num_classes: int, diverged: bool) -> str:
-    if diverged:
-        return "diverged"
-    chance = 1.0 - 1.0 / num_classes
-    return "chance" if final_top1 >= chance - 0.02 else "learned"
-
-
 def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = None) -> Result:
     """Train one configuration; `run` is a tracking RunLog; on_epoch(epoch, metrics) for progress."""
     runtime.configure()   # threads, malloc
     p, t = cfg.profile, cfg.toggles
     dev = resolve_device(device)
+    precision = runtime.resolve_precision(p.precision, dev)
     num_classes = len(data.train.classes)
     model = build_model(cfg, num_classes).to(dev)
     torch.manual_seed(cfg.seed)   # dropout stream, independent of how many draws init took
@@ -167,24 +162,25 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         data = Data(on_device(data.train, dev), on_device(data.val, dev), data.stats)
-    optimizer = build_optimizer(model.parameters(), p.lr, p.momentum, p.weight_decay)
+    optimizer = build_optimizer(model, p.lr, p.momentum, p.weight_decay, t.momentum, t.bias_decay)
     schedule = Schedule(optimizer, t.lr_schedule, p.lr, cfg.patience)
     net = torch.compile(model) if p.compile else model   # shares model's parameters
     start_wall = time.perf_counter()
     metrics: dict[str, float] = {}
-    diverged, epoch = False, 0
+    diverged, epoch, val_top1 = False, 0, []
     for epoch in range(1, cfg.epochs + 1):
         lr = schedule.lr
         t0 = time.perf_counter()
         loss, seen = train_one_epoch(net, optimizer, pipeline, data.train, p.batch_size, cfg.seed, epoch,
-                                     p.channels_last, p.precision)
+                                     p.channels_last, precision)
         train_s = time.perf_counter() - t0
         if not math.isfinite(loss):
             diverged = True
             run.log_metrics({"train_loss": loss, "lr": lr}, step=epoch)
             break
         metrics = evaluate(net, pipeline, data.val, p.eval_batch_size, channels_last=p.channels_last,
-                           precision=p.precision)
+                           precision=precision)
+        val_top1.append(metrics["val_top1_err"])
         epoch_s = time.perf_counter() - t0
         metrics.update(train_loss=loss, lr=lr, epoch_time_s=epoch_s, images_per_s=seen / train_s)
         run.log_metrics(metrics, step=epoch)    # one batched call per epoch
@@ -193,11 +189,12 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
             on_epoch(epoch, metrics)
     if not diverged:
         metrics.update(evaluate(net, pipeline, data.val, p.eval_batch_size, ten_crop=True,
-                                average=t.tta_average, channels_last=p.channels_last, precision=p.precision))
+                                average=t.tta_average, channels_last=p.channels_last, precision=precision))
         run.log_metrics({k: metrics[k] for k in ("val10_top1_err", "val10_top5_err")}, step=epoch)
     wall = time.perf_counter() - start_wall
-    outcome = outcome_of(metrics.get("val_top1_err", 1.0), num_classes, diverged)
+    outcome = outcomes.outcome(val_top1, num_classes, p.epoch_scale, diverged)
     run.set_tags({"outcome": outcome})
-    run.log_metrics({"wall_time_s": wall}, step=epoch)
+    run.log_metrics({"wall_time_s": wall, "epochs_at_chance": outcomes.epochs_at_chance(val_top1, num_classes)},
+                    step=epoch)
     run.log_state_dict(model.state_dict(), "model/weights.pt")
     return Result(metrics, outcome, epoch, wall)

@@ -39,6 +39,38 @@ def check_environment() -> None:
         raise ConfigError(str(err)) from None
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 matmuls natively: CUDA with bf16 support, or a CPU with
+    AVX-512 BF16 or AMX as torch reports it (elsewhere bf16 autocast is emulated: ~12x slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_kind() in ("AVX512_BF16", "AMX")
+    return False
+
+
+def cpu_kind() -> str:
+    """The CPU's instruction set for this purpose: AMX or AVX512_BF16 (native bf16 matmuls), else
+    torch's vector capability (AVX512, AVX2, DEFAULT, ...). Names the benchmark's result file."""
+    features = torch._C._cpu._get_cpu_capability()
+    if features.get("amx_bf16"):
+        return "AMX"
+    if features.get("avx512_bf16"):
+        return "AVX512_BF16"
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def cpu_name() -> str:
+    return str(torch._C._cpu._get_cpu_capability().get("cpu_name", "unknown"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> bf16 where the device computes it natively, else fp32; fp32/bf16 are kept."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def set_threads() -> int:
     """One intra-op thread per CPU (or $ALEXNET_THREADS); returns the count."""
     n = int(os.environ.get("ALEXNET_THREADS", os.cpu_count() or 1))

@@ -18,7 +18,7 @@ class Toggle:
     deviations: tuple        # the other accepted values (the first is the seed's / common one)
     cite: str                # paper section
     what: str                # what the toggle changes, in one line
-    touches: str             # "model" | "data" | "schedule" | "eval": where a flip must show
+    touches: str             # "model" | "data" | "schedule" | "optimizer" | "eval": where a flip must show
 
     @property
     def choices(self) -> tuple:
@@ -30,7 +30,7 @@ class Toggle:
 
 
 REGISTRY: dict[str, Toggle] = {t.name: t for t in (
-    # --- the seed's named deviations and the paper's own ablations (issue 2) ---
+    # --- the seed's named deviations and the paper's own ablations ---
     Toggle("init", "paper", ("pytorch", "paper_literal"), "§5",
            "weights N(0, s) with biases 1 in conv2/4/5 and hidden fc, s=0.01 scaled by fan-in "
            "to the full-size net | PyTorch default init (seed) | s=0.01 whatever the size", "model"),
@@ -42,7 +42,7 @@ REGISTRY: dict[str, Toggle] = {t.name: t for t in (
     Toggle("epochs", "paper", ("seed",), "§5", "90 epochs | 120 epochs (seed), times the profile's epoch scale", "schedule"),
     Toggle("lrn", True, (False,), "§3.3", "local response normalisation after ReLU1 and ReLU2 | none", "model"),
     Toggle("overlap_pool", True, (False,), "§3.4", "max pool z=3, s=2 | z=2, s=2", "model"),
-    # --- the seed's hidden deviations and the input scale (issue 3) ---
+    # --- the seed's hidden deviations and the input scale ---
     Toggle("crop", "paper", ("random_resized",), "§4.1",
            "random crop of the profile size from the 256-equivalent image | "
            "RandomResizedCrop scale 0.08-1, ratio 3/4-4/3 (seed)", "data"),
@@ -54,6 +54,15 @@ REGISTRY: dict[str, Toggle] = {t.name: t for t in (
     Toggle("tta_average", "softmax", ("logits",), "§4.1", "10-crop averages softmax outputs | averages logits (seed)", "eval"),
     Toggle("input_scale", "paper", ("unit_std",), "§2",
            "training-set mean subtracted from raw 0..255 | /255, ImageNet mean/std (modern pipelines)", "data"),
+    # --- the optimiser as every PyTorch reproduction writes it ---
+    Toggle("momentum", "paper", ("pytorch",), "§5",
+           "v <- 0.9 v - 0.0005 lr w - lr dL/dw, w <- w + v: the lr inside the velocity, so an lr drop does not "
+           "rescale the velocity already built up | torch.optim.SGD: lr applied outside the velocity (seed)",
+           "optimizer"),
+    Toggle("bias_decay", False, (True,), "§5",
+           "weight decay on the weights only (the paper's rule is written for weights; cuda-convnet's layer "
+           "definitions decay weights, not biases) | weight decay on every parameter, biases too (seed)",
+           "optimizer"),
 )}
 
 # The toggles of the seed's own text and the paper's ablations: the `deviations` and `factorial` grids.

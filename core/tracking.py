@@ -98,6 +98,8 @@ class MlflowTracker:
             mlflow.set_tracking_uri(self.uri)
         self.experiment = experiment
         self.experiment_id = mlflow.set_experiment(experiment).experiment_id
+        # open the experiment on its runs table, not the GenAI traces overview
+        mlflow.MlflowClient().set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")
         self.client = mlflow.MlflowClient()
         self.system_metrics = system_metrics
         self._parent_id: str | None = None

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from ablations.grids import expand, flipped
+from ablations.grids import expand
 from ablations.runner import plan
 from conftest import tiny_profile
 from core.config import ConfigError, Profile, RunConfig, load_experiments
-from core.toggles import NAMED, REGISTRY, Toggles, make_toggles
+from core.toggles import NAMED, REGISTRY, Toggles, as_dict, make_toggles
 
 REPO_YAML = Path(__file__).resolve().parent.parent / "experiments.yaml"
 
@@ -45,13 +45,18 @@ def test_repo_yaml_loads(experiments):
     assert isinstance(experiments.profile("cpu").epoch_scale, float)
 
 
-@pytest.mark.parametrize("grid,count", [("deviations", 7), ("factorial", 64), ("seed-code", 9),
-                                        ("seed-to-paper", 11), ("init-diagnosis", 13)])
+@pytest.mark.parametrize("grid,count", [("deviations", 7), ("factorial", 64), ("fractional", 32), ("seed-code", 11),
+                                        ("seed-to-paper", 13), ("init-diagnosis", 13)])
 def test_grid_sizes(experiments, grid, count):
     variants = expand(experiments, grid)
     assert len(variants) == count
     assert len({v.name for v in variants}) == count
     assert len({v.toggles for v in variants}) == count          # no two variants are the same run
+
+
+def flipped(variant, base) -> dict:
+    a, b = as_dict(variant.toggles), as_dict(base)
+    return {k: v for k, v in a.items() if v != b[k]}
 
 
 def test_deviations_flip_each_named_toggle_alone(experiments):
@@ -68,6 +73,21 @@ def test_factorial_is_the_full_product(experiments):
     assert len(combos) == 2 ** 6
     assert all(set(getattr(v.toggles, n) for v in expand(experiments, "factorial")) ==
                {REGISTRY[n].paper, REGISTRY[n].deviation} for n in NAMED)
+
+
+def test_fractional_is_the_even_half_of_the_product(experiments):
+    """I = ABCDEF: every cell has an even number of deviations; every pair of toggles sees all four
+    level combinations equally often (main effects and two-way interactions are estimable)."""
+    import itertools
+    cells = [tuple(int(getattr(v.toggles, n) != REGISTRY[n].paper) for n in NAMED)
+             for v in expand(experiments, "fractional")]
+    assert len(set(cells)) == 32 and all(sum(c) % 2 == 0 for c in cells)
+    assert (0,) * 6 in cells
+    for i, j in itertools.combinations(range(6), 2):
+        counts = {}
+        for c in cells:
+            counts[(c[i], c[j])] = counts.get((c[i], c[j]), 0) + 1
+        assert counts == {(0, 0): 8, (0, 1): 8, (1, 0): 8, (1, 1): 8}
 
 
 def test_seed_to_paper_restores_one_toggle_each(experiments):
@@ -117,7 +137,7 @@ def test_minimal_yaml_loads(tmp_path):
     (MINIMAL.replace("image_size: 32", "image_size: 32, channels_last: 1"), ["channels_last"]),
     (MINIMAL.replace("image_size: 32", "image_size: 32, batch_size: true"), ["batch_size"]),
     (MINIMAL.replace("image_size: 32", "image_size: 32, max_per_class: '12'"), ["max_per_class"]),
-    (MINIMAL.replace("image_size: 32", "image_size: 32, precision: fp16"), ["precision", "bf16"]),
+    (MINIMAL.replace("image_size: 32", "image_size: 32, precision: fp16"), ["precision", "bf16", "auto"]),
     (MINIMAL.replace("image_size: 32", "image_size: 32, dataset: cifar"), ["dataset", "imagenette"]),
     (MINIMAL.replace("small: {", "small: [").replace("1]}", "1]]"), ["small"]),
 ], ids=["top-level-key", "profile-key", "toggle-int-for-bool", "toggle-name", "int-key-str", "int-key-float",
@@ -185,15 +205,27 @@ def test_hash_is_stable_and_separates_runs():
     assert RunConfig(tiny_profile(description="other words"), make_toggles({}), 0).hash() == a.hash()
 
 
+def test_profile_checks_itself():
+    """Built directly, not only from YAML: geometry, precision and dataset are checked."""
+    for bad in (dict(image_size=12, stem=(5, 2, 1)), dict(precision="fp16"), dict(dataset="cifar")):
+        with pytest.raises(ConfigError):
+            Profile(name="p", image_size=bad.pop("image_size", 32), stem=bad.pop("stem", (5, 2, 1)), **bad)
+
+
+def test_yaml_reads_exponent_floats(tmp_path):
+    ex = load_experiments(write(tmp_path, MINIMAL.replace("image_size: 32", "image_size: 32, lr: 1e-2")))
+    assert ex.profile("small").lr == 0.01
+
+
 def test_resolved_holds_the_derived_values():
     cfg = RunConfig(tiny_profile(epoch_scale=0.2), make_toggles({"epochs": "seed"}), 3)
     r = cfg.resolved()
     assert r["seed"] == 3 and r["toggles"]["epochs"] == "seed"
-    assert {k: r["derived"][k] for k in ("epochs", "prep_size", "lr_patience")} == \
-        {"epochs": 24, "prep_size": 37, "lr_patience": 3}
+    assert {k: r["derived"][k] for k in ("epochs_run", "prep_size", "lr_patience")} == \
+        {"epochs_run": 24, "prep_size": 37, "lr_patience": 2}   # patience: 10 x epoch_scale, not x epochs
     assert r["profile"]["stem"] == [5, 2, 1]
 
 
 @pytest.mark.parametrize("size,prep", [(224, 256), (32, 37), (64, 73), (48, 55)])
 def test_prep_size_is_the_256_equivalent(size, prep):
-    assert Profile(name="p", image_size=size).prep_size == prep
+    assert Profile(name="p", image_size=size, stem=(5, 2, 1)).prep_size == prep

@@ -64,11 +64,12 @@ def test_child_params_and_tags(store):
         assert r["tags.mlflow.runName"] == f"{r['tags.variant']}/seed{r['params.seed']}"
         flipped = r["tags.variant"]
         for name in NAMED:   # exactly one toggle differs from the paper, the one the variant names
-            paper = {"init": "paper", "pca": "paper", "lr_schedule": "paper", "epochs": "2", "lrn": "True",
+            paper = {"init": "paper", "pca": "paper", "lr_schedule": "paper", "epochs": "paper", "lrn": "True",
                      "overlap_pool": "True"}[name]
             assert (r[f"params.{name}"] != paper) == flipped.startswith(name + "="), (flipped, name)
     assert children["tags.config_hash"].nunique() == 14
-    assert set(children.query("`tags.variant` == 'epochs=seed'")["params.epochs"]) == {"3"}   # 120 * scale
+    assert set(children.query("`tags.variant` == 'epochs=seed'")["params.epochs_run"]) == {"3"}   # 120 * scale
+    assert set(children.query("`tags.variant` == 'baseline'")["params.epochs_run"]) == {"2"}
 
 
 def test_config_hash_is_the_resolved_config(store):
@@ -76,7 +77,10 @@ def test_config_hash_is_the_resolved_config(store):
     from core.config import load_experiments
     uri, _, _ = store
     children = runs(uri).query("`tags.role` == 'cell'")
-    cells = plan(load_experiments(REPO / "experiments.yaml"), "deviations", "smoke", 2)
+    from ablations.runner import load_data
+    ex = load_experiments(REPO / "experiments.yaml")
+    data = load_data(ex.profile("smoke"), str(SHARED), str(store[1] / "cache"))
+    cells = plan(ex, "deviations", "smoke", 2, "cpu", data)
     assert {c.config.hash() for c in cells} == set(children["tags.config_hash"])
 
 
@@ -85,7 +89,7 @@ def test_per_epoch_and_final_metrics(store):
     client = mlflow.MlflowClient(uri)
     children = runs(uri).query("`tags.role` == 'cell'")
     for _, r in children.iterrows():
-        epochs = int(r["params.epochs"])
+        epochs = int(r["params.epochs_run"])
         for key in EPOCH_METRICS:
             steps = [m.step for m in client.get_metric_history(r["run_id"], key)]
             assert steps == list(range(1, epochs + 1)), (key, steps)
@@ -93,7 +97,8 @@ def test_per_epoch_and_final_metrics(store):
             v = r[f"metrics.{key}"]
             assert 0.0 <= v <= 1.0
         assert r["metrics.val_top5_err"] <= r["metrics.val_top1_err"]
-        assert r["tags.outcome"] in ("learned", "chance", "diverged")
+        assert r["tags.outcome"] in ("learned", "late_start", "chance", "diverged")
+        assert 0 <= r["metrics.epochs_at_chance"] <= epochs
 
 
 def test_artifacts_and_dataset_input(store):

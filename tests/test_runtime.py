@@ -21,7 +21,7 @@ from core.engine import build_model, train_step
 from core.schedule import build_optimizer
 ex = load_experiments("experiments.yaml")
 model = build_model(RunConfig(ex.profile("cpu"), ex.baseline, 0), 10)
-opt = build_optimizer(model.parameters(), 0.01, 0.9, 5e-4)
+opt = build_optimizer(model, 0.01, 0.9, 5e-4)
 x = torch.randn(32, 3, 64, 64).contiguous(memory_format=torch.channels_last)
 y = torch.randint(0, 10, (32,))
 faults = []

@@ -12,11 +12,11 @@ from conftest import CROP, ViewLogits, tiny_profile, tta_table
 from core.augment import draw_epoch
 from core.config import RunConfig
 from core.engine import build_model, build_pipeline, evaluate
-from core.schedule import Schedule
+from core.schedule import Schedule, build_optimizer
 from core.toggles import REGISTRY, NAMED, Toggles, ToggleError, as_dict, differences, make_toggles
 
 FLIPS = [(name, value) for name, t in REGISTRY.items() for value in t.deviations]
-PLACES = ("model", "data", "schedule", "eval")
+PLACES = ("model", "data", "schedule", "optimizer", "eval")
 
 
 def config(**toggles) -> RunConfig:
@@ -61,6 +61,23 @@ def observe_schedule(cfg):
     return cfg.epochs, lrs
 
 
+def observe_optimizer(cfg):
+    """The weights after four SGD steps on fixed inputs with an lr drop after the second."""
+    model = build_model(cfg)
+    p = cfg.profile
+    opt = build_optimizer(model, p.lr, p.momentum, p.weight_decay, cfg.toggles.momentum, cfg.toggles.bias_decay)
+    x = torch.randn(4, 3, CROP, CROP, generator=torch.Generator().manual_seed(2)) * 50
+    y = torch.tensor([0, 1, 2, 0])
+    for step in range(4):
+        if step == 2:
+            for g in opt.param_groups:
+                g["lr"] /= 10
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model.eval()(x), y).backward()
+        opt.step()
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
 def observe_eval(cfg, data):
     val = data.val
     model = ViewLogits(tta_table(val.labels, len(val.classes)))
@@ -76,6 +93,8 @@ def observe(place, cfg, data):
         return observe_data(cfg, data)
     if place == "schedule":
         return observe_schedule(cfg)
+    if place == "optimizer":
+        return observe_optimizer(cfg)
     return observe_eval(cfg, data)
 
 
@@ -84,6 +103,8 @@ def same(place, a, b) -> bool:
         return same_model(a, b)
     if place == "data":
         return a.shape == b.shape and torch.equal(a, b)
+    if place == "optimizer":
+        return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
     return a == b
 
 
