@@ -10,15 +10,6 @@ import matplotlib.pyplot as plt   # noqa: E402
 import numpy as np                # noqa: E402
 
 
-def _curves(histories: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and std over runs at each epoch (runs of different lengths: over those that reached it)."""
-    steps = sorted({s for h in histories for s, _ in h})
-    by_step = {s: [v for h in histories for t, v in h if t == s] for s in steps}
-    mean = np.array([np.mean(by_step[s]) for s in steps])
-    std = np.array([np.std(by_step[s], ddof=1) if len(by_step[s]) > 1 else 0.0 for s in steps])
-    return np.array(steps), mean, std
-
-
 def _save(fig, ax, path: Path) -> Path:
     """Grid, legend, tight layout, PNG at 110 dpi; closes the figure."""
     ax.grid(alpha=0.3)
@@ -29,13 +20,23 @@ def _save(fig, ax, path: Path) -> Path:
     return path
 
 
-def learning_curves(series: dict[str, list[list[tuple[int, float]]]], path: Path, title: str) -> Path:
-    """series: variant -> one val_top1_err history per seed."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, hists in series.items():
-        x, m, s = _curves(hists)
-        line, = ax.plot(x, 100 * m, label=f"{name} (n={len(hists)})", lw=2 if name in ("baseline", "seed") else 1.3)
-        ax.fill_between(x, 100 * (m - s), 100 * (m + s), color=line.get_color(), alpha=0.15)
+def learning_curves(series: dict[str, list[tuple[list[tuple[int, float]], bool, int]]], path: Path,
+                    title: str) -> Path:
+    """series: variant -> [(val_top1_err history, not learned?, seed)] per seed. Every seed's curve
+    as a thin line (dashed with an x at its end when the run did not learn: a late start or a run
+    at chance), the median over seeds per epoch as a thick line."""
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for i, (name, runs) in enumerate(series.items()):
+        color = f"C{i % 10}"
+        for hist, odd, seed in runs:
+            x, y = [s for s, _ in hist], [100 * v for _, v in hist]
+            ax.plot(x, y, color=color, lw=0.7, alpha=0.45, ls="--" if odd else "-")
+            if odd and x:
+                ax.plot(x[-1], y[-1], "x", color=color, ms=6)
+        steps = sorted({s for h, _, _ in runs for s, _ in h})
+        med = [np.median([v for h, _, _ in runs for t, v in h if t == s]) for s in steps]
+        ax.plot(steps, 100 * np.array(med), color=color, lw=2.2,
+                label=f"{name} (n={len(runs)}, {sum(o for _, o, _ in runs)} not learned)")
     ax.set(xlabel="epoch", ylabel="val top-1 error, centre crop (%)", title=title)
     return _save(fig, ax, path)
 

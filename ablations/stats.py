@@ -1,118 +1,207 @@
-"""Statistics for ablation reports: paired effects with intervals and tests, Holm correction,
-power, factorial effects. scipy and statsmodels do the distributions; nothing is hand-rolled."""
+"""Statistics for ablation reports, declared before any data is seen (README: Statistics).
+
+Primary analysis, one per grid, on `val10_top1_err`:
+- effect of a variant: the paired difference (variant - base, same seed) over the seeds where
+  both runs *learned* (core/outcomes.py; late starts, chance and diverged runs are counted, not
+  averaged in);
+- test: the paired t-test, the same procedure at every n (its p-value is continuous, so a Holm
+  verdict is possible from 5 pairs on; rank tests cannot reach p < 0.05/6 below 8-9 pairs);
+- family: the variants of the grid, Holm step-down; each effect's interval is taken at the level
+  of the Holm step that decided it (1 - alpha/(m - i + 1) for the i-th smallest p while the
+  step-down rejects, then the level it stopped at), so an interval excludes 0 exactly when the
+  verdict is resolved and the claims table, which shows the same interval, cannot disagree;
+- verdict words only from MIN_PAIRS pairs ("too few seeds" below), "not estimable" for zero spread;
+- sensitivity: the Hodges-Lehmann estimate (median of the Walsh averages) with its exact
+  signed-rank interval at the same level.
+Secondary metrics are described (mean and SD of the differences), without tests or verdicts.
+Factorials: least squares with seed as a block, main effects and two-way interactions, HC3
+standard errors, on learned runs only (the exclusion counted per level).
+scipy and statsmodels do the distributions.
+"""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 from scipy import stats
-from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
+from statsmodels.stats.proportion import proportion_confint
 
 ALPHA = 0.05
 POWER = 0.8
-BOOTSTRAP_MIN_N = 10   # below this a bootstrap interval is unreliable; use the t-interval
+MIN_PAIRS = 5
 
 
 @dataclass(frozen=True)
 class Effect:
-    """Paired difference (variant - baseline) over seeds, in error-rate points (fractions)."""
-    n: int
+    """Paired difference (variant - base) over learned pairs, in error-rate fractions."""
+    n: int                         # pairs used (both runs learned)
+    dropped: int                   # pairs with a run that did not learn
     mean: float
-    std: float
-    ci: tuple[float, float]
-    ci_method: str
-    p_t: float                   # paired t-test
-    p_wilcoxon: float | None     # Wilcoxon signed-rank, when n >= 6
-    p_holm: float = math.nan     # the test used, Holm-corrected across the family
-    seeds_needed: int | None = None
+    sd: float
+    p: float = math.nan            # paired t-test, two-sided
+    p_holm: float = math.nan
+    level: float = 1 - ALPHA       # confidence level of `ci` (family-wise, from the Holm step)
+    ci: tuple[float, float] = (math.nan, math.nan)
+    hl: float = math.nan           # Hodges-Lehmann estimate and interval at the same level
+    hl_ci: tuple[float, float] = (math.nan, math.nan)
+    diffs: tuple[float, ...] = ()
 
     @property
-    def p(self) -> float:
-        return self.p_wilcoxon if self.p_wilcoxon is not None else self.p_t
+    def estimable(self) -> bool:
+        return self.n >= 2 and self.sd > 0
 
 
-def paired_effect(diffs: np.ndarray, seed: int = 0) -> Effect:
+def paired(diffs, dropped: int = 0) -> Effect:
+    """The effect of one variant from its learned-pair differences (before the family step)."""
     d = np.asarray(diffs, dtype=float)
     n = len(d)
     mean = float(d.mean()) if n else math.nan
-    std = float(d.std(ddof=1)) if n > 1 else math.nan
+    sd = float(d.std(ddof=1)) if n > 1 else math.nan
+    p = float(stats.ttest_1samp(d, 0.0).pvalue) if n > 1 and sd > 0 else math.nan
+    return Effect(n, dropped, mean, sd, p, diffs=tuple(d))
+
+
+def t_interval(e: Effect, level: float) -> tuple[float, float]:
+    if not e.estimable:
+        return (math.nan, math.nan)
+    half = stats.t.ppf(0.5 + level / 2, e.n - 1) * e.sd / math.sqrt(e.n)
+    return (e.mean - half, e.mean + half)
+
+
+def signed_rank_counts(n: int) -> np.ndarray:
+    """Number of sign patterns of ranks 1..n giving each positive-rank sum 0..n(n+1)/2 (exact)."""
+    counts = np.zeros(n * (n + 1) // 2 + 1)
+    counts[0] = 1
+    for r in range(1, n + 1):
+        counts[r:] = counts[r:] + counts[:-r].copy()
+    return counts
+
+
+def hodges_lehmann(diffs, level: float) -> tuple[float, tuple[float, float]]:
+    """Median of the Walsh averages (d_i + d_j) / 2, i <= j, and its distribution-free interval:
+    the k-th smallest and k-th largest Walsh averages, k from the exact signed-rank distribution."""
+    d = np.asarray(diffs, dtype=float)
+    n = len(d)
     if n < 2:
-        return Effect(n, mean, std, (math.nan, math.nan), "none", math.nan, None)
-    if std == 0:
-        ci, method = (mean, mean), "exact (no spread)"
-        p_t = 0.0 if mean != 0 else 1.0
-    else:
-        p_t = float(stats.ttest_1samp(d, 0.0).pvalue)
-        if n >= BOOTSTRAP_MIN_N:
-            res = stats.bootstrap((d,), np.mean, confidence_level=1 - ALPHA, method="BCa",
-                                  rng=np.random.default_rng(seed))
-            ci, method = (float(res.confidence_interval.low), float(res.confidence_interval.high)), "bootstrap BCa"
-        else:
-            ci = stats.t.interval(1 - ALPHA, n - 1, loc=mean, scale=std / math.sqrt(n))
-            ci, method = (float(ci[0]), float(ci[1])), "t"
-    p_w = float(stats.wilcoxon(d).pvalue) if n >= 6 and np.any(d != 0) else None
-    return Effect(n, mean, std, ci, method, p_t, p_w, seeds_needed=seeds_for(mean, std))
+        return math.nan, (math.nan, math.nan)
+    i, j = np.triu_indices(n)
+    walsh = np.sort((d[i] + d[j]) / 2)
+    est = float(np.median(walsh))
+    cdf = np.cumsum(signed_rank_counts(n)) / 2.0 ** n
+    # largest c with P(W <= c - 1) <= (1 - level) / 2; the interval is walsh[c-1], walsh[M-c]
+    c = int(np.searchsorted(cdf, (1 - level) / 2, side="right"))
+    if c < 1:
+        return est, (float(walsh[0]), float(walsh[-1]))   # n too small for this level: the range
+    return est, (float(walsh[c - 1]), float(walsh[len(walsh) - c]))
 
 
-def seeds_for(mean: float, std: float, most: int = 10000) -> int | None:
-    """Seeds a paired t-test needs to detect an effect of this size (alpha 0.05, power 0.8):
-    the smallest n whose power (statsmodels TTestPower) reaches 0.8; None if beyond `most`."""
-    if not (std > 0) or mean == 0 or math.isnan(mean):
-        return None
-    n = np.arange(2, most + 1)
-    power = TTestPower().power(effect_size=abs(mean) / std, nobs=n, alpha=ALPHA, alternative="two-sided")
-    hit = np.flatnonzero(power >= POWER)
-    return int(n[hit[0]]) if len(hit) else None
-
-
-def holm(effects: dict[str, Effect]) -> dict[str, Effect]:
-    """Holm-correct the p-values of a family of effects (those with a p-value)."""
-    names = [k for k, e in effects.items() if not math.isnan(e.p)]
-    if not names:
-        return effects
-    adjusted = multipletests([effects[k].p for k in names], alpha=ALPHA, method="holm")[1]
+def family(effects: dict[str, Effect], alpha: float = ALPHA) -> dict[str, Effect]:
+    """Holm step-down over the testable effects; intervals at the level of the deciding step."""
+    testable = sorted((e.p, k) for k, e in effects.items() if not math.isnan(e.p))
+    m = len(testable)
     out = dict(effects)
-    for k, p in zip(names, adjusted):
-        e = effects[k]
-        out[k] = Effect(e.n, e.mean, e.std, e.ci, e.ci_method, e.p_t, e.p_wilcoxon, float(p), e.seeds_needed)
+    running, stopped_at = 0.0, None
+    for i, (p, k) in enumerate(testable):
+        running = max(running, min(1.0, (m - i) * p))
+        step_alpha = alpha / (m - i)
+        if stopped_at is None and p > step_alpha:
+            stopped_at = step_alpha
+        level = 1 - (stopped_at if stopped_at is not None else step_alpha)
+        out[k] = replace(effects[k], p_holm=running, level=level)
+    for k, e in out.items():
+        level = e.level if not math.isnan(e.p) else 1 - alpha / max(m, 1)
+        hl, hl_ci = hodges_lehmann(e.diffs, level)
+        out[k] = replace(e, level=level, ci=t_interval(e, level), hl=hl, hl_ci=hl_ci)
     return out
 
 
-def verdict(e: Effect) -> str:
-    """'hurts' / 'helps' for the deviation (error up / down), else not resolved with the seeds needed."""
-    if e.n >= 2 and e.p_holm < ALPHA:
+def verdict(e: Effect, alpha: float = ALPHA) -> str:
+    """For the deviation: 'hurts' (error up) / 'helps' / 'not resolved'; no words below MIN_PAIRS."""
+    if e.n < MIN_PAIRS:
+        return f"too few seeds ({e.n} learned pairs; verdicts from {MIN_PAIRS})"
+    if not e.estimable:
+        return "not estimable (no spread)"
+    if e.p_holm < alpha:
         return "hurts" if e.mean > 0 else "helps"
-    more = f"; ~{e.seeds_needed} seeds would resolve an effect this size" if e.seeds_needed else ""
-    return f"not resolved at n={e.n}{more}"
+    return "not resolved"
 
 
 def claim_status(e: Effect, claimed: float) -> str:
-    """A claim that the deviation raises error by `claimed` (> 0): reproduced when the interval lies
-    above 0, contradicted when it lies below, else not resolved; says whether the claimed size fits."""
+    """A claim that the deviation changes error by `claimed` (signed): judged on the same
+    family-wise interval as the verdict, so the two tables agree."""
+    v = verdict(e)
+    if v not in ("hurts", "helps", "not resolved"):
+        return v
     lo, hi = e.ci
-    if math.isnan(lo):
-        return "not resolved (fewer than 2 seeds)"
     size = "claimed size inside the interval" if lo <= claimed <= hi else "claimed size outside the interval"
-    if lo > 0:
-        return f"reproduced (direction); {size}"
-    if hi < 0:
-        return f"contradicted; {size}"
-    return f"not resolved; {size}"
+    if v == "not resolved":
+        return f"not resolved; {size}"
+    same_direction = (e.mean > 0) == (claimed > 0)
+    return f"{'reproduced (direction)' if same_direction else 'contradicted'}; {size}"
 
 
-def factorial_effects(df: pd.DataFrame, factors: list[str], response: str) -> pd.DataFrame:
-    """Main effects and two-way interactions of a two-level design by least squares (statsmodels
-    OLS), factors coded -1/2 (paper) and +1/2 (deviation): a main effect's coefficient is the mean
-    difference deviation - paper; an interaction's is the difference of differences."""
+def clopper_pearson(k: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
+    if n == 0:
+        return (math.nan, math.nan)
+    lo, hi = proportion_confint(k, n, alpha=alpha, method="beta")
+    return float(lo), float(hi)
+
+
+# ------------------------------------------------------------------------------------- planning
+def pooled_sd(groups: list[np.ndarray]) -> tuple[float, int]:
+    """Pooled SD of several groups of paired differences (each about its own mean) and its df."""
+    ss = sum(float(((g - g.mean()) ** 2).sum()) for g in groups if len(g) > 1)
+    df = sum(len(g) - 1 for g in groups if len(g) > 1)
+    return (math.sqrt(ss / df) if df else math.nan), df
+
+
+def sd_interval(sd: float, df: int, level: float = 1 - ALPHA) -> tuple[float, float]:
+    """Chi-square interval for a standard deviation estimated with df degrees of freedom."""
+    lo = sd * math.sqrt(df / stats.chi2.ppf(0.5 + level / 2, df))
+    hi = sd * math.sqrt(df / stats.chi2.ppf(0.5 - level / 2, df))
+    return lo, hi
+
+
+def pairs_needed(effect: float, sd: float, alpha: float, power: float = POWER) -> int | None:
+    """Learned pairs a two-sided paired t-test at `alpha` needs to detect `effect` with `power`."""
+    if not (sd > 0) or effect == 0 or math.isnan(effect):
+        return None
+    n = TTestPower().solve_power(effect_size=abs(effect) / sd, alpha=alpha, power=power, alternative="two-sided")
+    return max(2, math.ceil(n))
+
+
+def detectable(sd: float, n: int, alpha: float, power: float = POWER) -> float:
+    """The smallest effect a paired t-test with n pairs detects with `power` at `alpha`."""
+    if not (sd > 0) or n < 2:
+        return math.nan
+    return sd * TTestPower().solve_power(nobs=n, alpha=alpha, power=power, alternative="two-sided")
+
+
+# ------------------------------------------------------------------------------------ factorial
+def factorial_fit(df: pd.DataFrame, factors: list[str], response: str, block: str | None = "seed") -> pd.DataFrame:
+    """Main effects and two-way interactions of a two-level design (full or fractional) by least
+    squares, seed as a block, HC3 standard errors. Factors coded -1/2 (paper) and +1/2 (deviation):
+    a main effect is the mean difference deviation - paper; an interaction the difference of
+    differences. Terms the data cannot separate get nan."""
     import statsmodels.formula.api as smf
-    data = pd.DataFrame({f: df[f].astype(float) - 0.5 for f in factors})
+    data = pd.DataFrame({f: df[f].astype(float).values - 0.5 for f in factors})
     data["y"] = df[response].astype(float).values
     terms = factors + [f"{a}:{b}" for i, a in enumerate(factors) for b in factors[i + 1:]]
-    fit = smf.ols("y ~ " + " + ".join(terms), data=data).fit()
+    formula = "y ~ " + " + ".join(terms)
+    if block and df[block].nunique() > 1:
+        data["block"] = df[block].astype(str).values
+        formula += " + C(block)"
+    fit = smf.ols(formula, data=data).fit(cov_type="HC3")
     ci = fit.conf_int(ALPHA)
-    rows = [{"term": t, "effect": fit.params[t],
-             "ci_low": ci.loc[t, 0], "ci_high": ci.loc[t, 1], "p": fit.pvalues[t]} for t in terms]
-    return pd.DataFrame(rows)
+    rows = []
+    for t in terms:
+        ok = t in fit.params and np.isfinite(fit.bse[t]) and fit.df_resid > 0
+        rows.append({"term": t, "effect": fit.params[t] if ok else math.nan,
+                     "ci_low": ci.loc[t, 0] if ok else math.nan, "ci_high": ci.loc[t, 1] if ok else math.nan,
+                     "p": fit.pvalues[t] if ok else math.nan})
+    out = pd.DataFrame(rows)
+    out.attrs.update(n=int(fit.nobs), df_resid=float(fit.df_resid))
+    return out

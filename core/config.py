@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,7 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    __import__("re").compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)$|^[-+]?(?:\d+\.\d*|\.\d+)$"),
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)$|^[-+]?(?:\d+\.\d*|\.\d+)$"),
     list("-+0123456789."))
 
 
@@ -212,6 +213,9 @@ def load_experiments(path: str | Path) -> Experiments:
         raise ConfigError(str(err)) from None
     profiles = {n: make_profile(n, d) for n, d in (raw.get("profiles") or {}).items()}
     grids = raw.get("grids") or {}
+    bad = [str(g) for g in grids if not re.fullmatch(r"[\w.-]+", str(g))]
+    if bad:
+        raise ConfigError(f"grid name(s) {bad} in {path}: use letters, digits, '_', '.' and '-' only")
     if not profiles or not grids:
         raise ConfigError(f"{path} needs at least one profile and one grid")
     return Experiments(baseline, profiles, grids, str(path))

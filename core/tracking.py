@@ -19,6 +19,24 @@ DEFAULT_EXPERIMENT = "alexnet-deviations"
 logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)   # no start/stop chatter per run
 
 
+class TrackingError(RuntimeError):
+    """A store or experiment that is not there; the message lists what is."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One stored run as the read side returns it: MLflow's names stay in this module."""
+    run_id: str
+    name: str
+    status: str                    # RUNNING, FINISHED, FAILED, KILLED
+    start_ms: int | None
+    end_ms: int | None
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]      # latest value of each metric
+    parent_id: str | None = None
+
+
 class RunLog(Protocol):
     run_id: str
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
@@ -33,11 +51,26 @@ class Tracker(Protocol):
     def child(self, name: str, params: dict[str, Any], tags: dict[str, Any],
               dataset: dict[str, str] | None = None) -> contextlib.AbstractContextManager[RunLog]: ...
     def finished_hashes(self, grid: str) -> set[str]: ...
+    # the read side (report.py): every run of a grid, a metric's history, links
+    uri: str
+    experiment: str
+    def records(self, grid: str) -> list[RunRecord]: ...
+    def history(self, run_id: str, key: str) -> list[tuple[int, float]]: ...
+    def run_url(self, run_id: str | None = None) -> str: ...
 
 
 def resolve_uri(uri: str | None) -> str | None:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else MLflow's default (None)."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of a run, or of the experiment's runs table (not the GenAI overview):
+    on the tracking server itself, or on `mlflow ui --backend-store-uri URI` at its default port."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    if run_id:
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 # ----------------------------------------------------------------------------------------------- MLflow
@@ -91,11 +124,16 @@ class _MlflowRun:
 
 class MlflowTracker:
     def __init__(self, experiment: str = DEFAULT_EXPERIMENT, tracking_uri: str | None = None,
-                 system_metrics: bool = True):
+                 system_metrics: bool = True, create: bool = True):
+        """create=False (reading): a missing store or experiment raises TrackingError, and
+        nothing is written."""
         import mlflow
         self.uri = resolve_uri(tracking_uri)
+        if not create:
+            self._check_exists(experiment)
         if self.uri:
             mlflow.set_tracking_uri(self.uri)
+        self.uri = mlflow.get_tracking_uri()
         self.experiment = experiment
         self.experiment_id = mlflow.set_experiment(experiment).experiment_id
         # open the experiment on its runs table, not the GenAI traces overview
@@ -103,6 +141,38 @@ class MlflowTracker:
         self.client = mlflow.MlflowClient()
         self.system_metrics = system_metrics
         self._parent_id: str | None = None
+
+    def _check_exists(self, experiment: str) -> None:
+        import mlflow
+        uri = self.uri or mlflow.get_tracking_uri()
+        if uri.startswith("sqlite:///"):
+            path = Path(uri[len("sqlite:///"):])
+            if not path.is_file():
+                raise TrackingError(f"no MLflow store at {path} ({uri}); pass --tracking-uri of the store "
+                                    f"the grid was run into")
+        client = mlflow.MlflowClient(uri)
+        if client.get_experiment_by_name(experiment) is None:
+            names = [e.name for e in client.search_experiments()]
+            raise TrackingError(f"no experiment {experiment!r} in {uri}; experiments there: "
+                                f"{', '.join(names) or '(none)'}; pass --experiment NAME")
+
+    def run_url(self, run_id: str | None = None) -> str:
+        return ui_url(self.uri, self.experiment_id, run_id)
+
+    def records(self, grid: str) -> list[RunRecord]:
+        """Every run of `grid` in the experiment (cells and parents, any status)."""
+        from mlflow.entities import ViewType
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], f"tags.grid = '{grid}'",
+                                           run_view_type=ViewType.ACTIVE_ONLY, max_results=5000, page_token=token)
+            for r in page:
+                out.append(RunRecord(r.info.run_id, r.info.run_name or "", r.info.status, r.info.start_time,
+                                     r.info.end_time, dict(r.data.params), dict(r.data.tags), dict(r.data.metrics),
+                                     r.data.tags.get("mlflow.parentRunId")))
+            token = page.token
+            if not token:
+                return out
 
     @contextlib.contextmanager
     def _run(self, name, params, tags, nested: bool) -> Iterator[_MlflowRun]:
@@ -159,15 +229,8 @@ class MlflowTracker:
 
     def finished_hashes(self, grid: str) -> set[str]:
         """config_hash of every FINISHED cell of `grid` in the experiment (what resume skips)."""
-        runs = self.runs(status="FINISHED", filter_string=f"tags.grid = '{grid}'")
-        return set(runs["tags.config_hash"].dropna()) if "tags.config_hash" in runs else set()
-
-    def runs(self, status: str | None = None, filter_string: str = ""):
-        """All runs of the experiment as a pandas DataFrame (mlflow.search_runs)."""
-        import mlflow
-        filters = [f for f in (filter_string, f"attributes.status = '{status}'" if status else "") if f]
-        return mlflow.search_runs([self.experiment_id], filter_string=" and ".join(filters),
-                                  max_results=100000)
+        return {r.tags["config_hash"] for r in self.records(grid)
+                if r.status == "FINISHED" and "config_hash" in r.tags}
 
     def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
@@ -210,11 +273,23 @@ class MemoryRun:
 
 
 class MemoryTracker:
-    """In-memory stand-in with the same interface, for unit tests of the engine."""
+    """In-memory stand-in with the same interface, for unit tests of the engine and the report."""
 
-    def __init__(self):
+    def __init__(self, experiment: str = DEFAULT_EXPERIMENT):
         self.runs: list[MemoryRun] = []
         self._parent: str | None = None
+        self.uri, self.experiment = "memory", experiment
+
+    def records(self, grid):
+        return [RunRecord(r.run_id, r.name, r.status, i * 1000, i * 1000 + 1, dict(r.params), dict(r.tags),
+                          {k: v[-1][1] for k, v in r.metrics.items()}, r.parent_id)
+                for i, r in enumerate(self.runs) if r.tags.get("grid") == grid]
+
+    def history(self, run_id, key):
+        return next(r.metrics.get(key, []) for r in self.runs if r.run_id == run_id)
+
+    def run_url(self, run_id=None):
+        return f"memory://{run_id or ''}"
 
     @contextlib.contextmanager
     def _run(self, name, params, tags):

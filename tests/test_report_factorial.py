@@ -1,5 +1,5 @@
-"""report.py on a small factorial grid (2^2 x 2 seeds on the tiny image folder): main effects,
-the interaction and Optuna's importance come out of the runs stored in MLflow."""
+"""report.py on a small factorial grid (2^2 x 2 seeds on the tiny image folder), end to end
+through MLflow: the factorial section and the outcome counts come out of the stored runs."""
 from __future__ import annotations
 
 import subprocess
@@ -34,11 +34,9 @@ def test_factorial_report(tmp_path, tiny_imagefolder):
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     md = out.read_text()
-    assert "## Factorial effects (val10_top1_err)" in md
-    assert "2^2 design with 8 runs" in md
-    for term in ("`lrn`", "`overlap_pool`", "`lrn:overlap_pool`"):
-        assert term in md
-    assert "Optuna parameter importance (fANOVA) over the same runs: " in md   # a value, or why not
+    assert "## Factorial effects" in md          # effects, or why they cannot be fitted
+    assert "| `lrn` |" in md and "| `overlap_pool` |" in md   # learned k/n per level
+    assert "## Outcomes" in md and "**Complete**" in md
     mlflow.set_tracking_uri(uri)
     cells = mlflow.search_runs(experiment_names=["fact"]).query("`tags.role` == 'cell'")
     assert len(cells) == 8 and cells["tags.variant"].nunique() == 4
