@@ -2,7 +2,8 @@
 has already measured on the same profile.
 
 Noise: the SD of a paired difference between two learned runs of one seed. From a one-at-a-time
-grid, the pooled SD of its learned pairs' differences (each variant about its own mean); from a
+grid, the pooled SD of its learned pairs' differences (each variant about its own mean; variants
+whose runs equal the base's, zero spread, are left out); from a
 two-level factorial, sqrt(2) x the residual SD of its blocked fit (two independent runs). The SD's
 95% chi-square interval turns into a range of seeds.
 Failures: the share of pairs in which both runs learned (or, from a factorial, the learned share
@@ -44,7 +45,7 @@ def noise(g: GridRuns) -> dict:
         return {"sd": math.sqrt(2 * fit.scale), "df": int(fit.df_resid), "both_learned": share ** 2,
                 "source": f"sqrt(2) x residual SD of {len(ok)} learned runs (blocked factorial fit)"}
     fam = primary_effects(g)
-    groups = [np.array(e.diffs) for e in fam.values() if e.n > 1]
+    groups = [np.array(e.diffs) for e in fam.values() if e.estimable]   # a variant identical to its base adds no noise
     sd, df = stats.pooled_sd(groups)
     pairs = sum(e.n + e.dropped for e in fam.values())
     both = sum(e.n for e in fam.values()) / pairs if pairs else math.nan

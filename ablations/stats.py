@@ -94,7 +94,7 @@ def hodges_lehmann(diffs, level: float) -> tuple[float, tuple[float, float]]:
     # largest c with P(W <= c - 1) <= (1 - level) / 2; the interval is walsh[c-1], walsh[M-c]
     c = int(np.searchsorted(cdf, (1 - level) / 2, side="right"))
     if c < 1:
-        return est, (float(walsh[0]), float(walsh[-1]))   # n too small for this level: the range
+        return est, (math.nan, math.nan)   # too few pairs for any interval at this level
     return est, (float(walsh[c - 1]), float(walsh[len(walsh) - c]))
 
 

@@ -49,7 +49,7 @@ from .schedule import build_optimizer
 PLAIN_WORKERS = 2                 # the seed's DataLoader
 IMAGENET_TRAIN = 1_281_167        # images per ImageNet-1k epoch
 PAPER_EPOCHS = 90
-SECTIONS = ("plain", "eval", "lrn", "layout", "precision", "compile", "mlflow", "roofline")
+SECTIONS = ("plain", "eval", "compute", "lrn", "layout", "precision", "compile", "mlflow", "roofline", "processes")
 MLFLOW_METRICS = ("train_loss", "lr", "val_top1_err", "val_top5_err", "epoch_time_s", "images_per_s",
                   "val10_top1_err", "val10_top5_err")   # the engine logs the first six each epoch
 
@@ -429,7 +429,7 @@ def compute_variants(cfg: RunConfig, skip: set[str]) -> dict[str, tuple[RunConfi
 
 
 def run_cpu(cfg: RunConfig, data: Data, root, device: torch.device, budget: Budget,
-            skip: set[str] = frozenset(), quick: bool = False) -> dict:
+            skip: set[str] = frozenset(), quick: bool = False, data_args: tuple = ()) -> dict:
     """Every measurement of the table, each guarded (a failure is reported, the rest still run)."""
     rows: dict[str, Timing] = {}
 
@@ -442,17 +442,40 @@ def run_cpu(cfg: RunConfig, data: Data, root, device: torch.device, budget: Budg
         add("eval", lambda: measure_eval(cfg, data, device, budget))
     if "plain" not in skip:
         add("plain", lambda: measure_plain(cfg, root, device, budget))
-    batches = premade(cfg, data, device)
-    for key, (vcfg, extra) in compute_variants(cfg, skip).items():
+    batches = premade(cfg, data, device) if "compute" not in skip else []
+    for key, (vcfg, extra) in (compute_variants(cfg, skip).items() if batches else []):
         add(key, lambda: measure_compute(key, vcfg, batches, device, budget, **extra))
     out = {"setting": setting(cfg, data, device, budget), "rows": rows}
-    if "roofline" not in skip:
+    if "processes" not in skip and device.type == "cpu":
+        out["processes"] = guarded_dict(lambda: two_processes(cfg, budget, data_args))
+    if "roofline" not in skip and batches:
         mm_dtype = torch.bfloat16 if cfg.profile.precision == "bf16" else torch.float32   # the profile's precision
         out["roofline"] = guarded_dict(lambda: roofline(cfg, batches[0], device, 0.5 if quick else 3.0, mm_dtype))
     if "mlflow" not in skip:
         out["mlflow"] = guarded_dict(lambda: mlflow_logging(3 if quick else 10))
     out["ratios"] = summarise(out, len(data.train.labels), len(data.val.labels))
     return out
+
+
+def two_processes(cfg: RunConfig, budget: Budget, data_args: tuple = ()) -> dict:
+    """The harness row again in two benchmark processes at once, each with half the CPUs (what two
+    grid workers on this machine get): images/s of each and their sum."""
+    import subprocess
+    threads = max(1, runtime.cpus() // 2)
+    print(f"  measuring the harness in 2 processes of {threads} thread(s) each ...", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = lambda i: [sys.executable, "-m", "core.bench", "--profile", cfg.profile.name, "--json", f"{tmp}/{i}.json",
+                         *data_args,
+                         "--skip", ",".join(s for s in SECTIONS if s != "harness"),
+                         *(["--batches", str(budget.batches)] if budget.batches else ["--seconds", str(budget.seconds)])]
+        env = {**os.environ, "ALEXNET_THREADS": str(threads)}
+        procs = [subprocess.Popen(cmd(i), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for i in range(2)]
+        errs = [p.communicate()[1] for p in procs]
+        if any(p.returncode for p in procs):
+            raise BenchError(f"a benchmark process failed: {errs[0][-500:]}{errs[1][-500:]}")
+        ips = [json.load(open(f"{tmp}/{i}.json"))["rows"]["harness"]["images_per_s"] for i in range(2)]
+    return {"threads_each": threads, "images_per_s_each": ips, "images_per_s_total": sum(ips)}
 
 
 def guarded_dict(measure: Callable[[], dict]) -> dict:
@@ -469,7 +492,8 @@ def setting(cfg: RunConfig, data: Data, device: torch.device, budget: Budget) ->
     return {"profile": p.name, "image_size": p.image_size, "prep_size": p.prep_size, "width": p.width,
             "stem": list(p.stem), "batch_size": p.batch_size, "channels_last": p.channels_last,
             "precision": p.precision, "device": str(device), "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(), "load_average_1min": load, "train_images": len(data.train.labels),
+            "cpus": os.cpu_count(), "machine": runtime.machine(), "load_average_1min": load,
+            "train_images": len(data.train.labels),
             "val_images": len(data.val.labels), "budget": dataclasses.asdict(budget), "torch": torch.__version__}
 
 
@@ -522,6 +546,14 @@ def print_cpu(res: dict) -> None:
     print(f"budget per measurement: {b['batches'] or ''}{' batches' if b['batches'] else str(b['seconds']) + ' s'}"
           f" after {b['warmup']} warm-up batches\n")
     _print_table(res["rows"], res.get("roofline"))
+    proc = res.get("processes")
+    if proc and "error" not in proc:
+        one = res["rows"]["harness"].ips
+        print(f"\nharness, 1 process ({s['threads']} threads): {_fmt(one)} images/s; 2 processes at once "
+              f"({proc['threads_each']} thread(s) each): {' + '.join(_fmt(x) for x in proc['images_per_s_each'])}"
+              f" = {_fmt(proc['images_per_s_total'])} images/s")
+    elif proc:
+        print(f"\n2 processes: failed: {proc['error']}")
     _print_ratios(res["ratios"], res["rows"].get("compute_compiled"))
     _print_mlflow(res.get("mlflow"), res["ratios"])
 
@@ -725,6 +757,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="2 timed batches per measurement after 1 warm-up "
                                                          "(GPU: 3 s); for checking, not for numbers")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--save", action="store_true", help="write the output and JSON to results/bench-<CPU kind>.txt "
+                                                        "and .json (one committed result per machine type)")
     ap.add_argument("--data-root", help="ImageFolder root with train/ and val/ (else $ALEXNET_DATA_ROOT, "
                                         "else the default folders)")
     ap.add_argument("--cache-dir", help="uint8 cache folder (else $ALEXNET_CACHE_DIR, else ~/.cache/alexnet-ablation)")
@@ -770,8 +804,36 @@ def to_json(res: dict) -> dict:
     return conv(res)
 
 
+class _Tee:
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for s in self.streams:
+            s.write(text)
+
+    def flush(self):
+        for s in self.streams:
+            s.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if not args.save:
+        return _main(args)
+    kind = runtime.cpu_kind()
+    args.json = args.json or str(REPO / "results" / f"bench-{kind}.json")
+    with open(REPO / "results" / f"bench-{kind}.txt", "w") as f:
+        f.write(f"# {' '.join(['python -m core.bench', *(argv if argv is not None else sys.argv[1:])])}\n")
+        out, sys.stdout = sys.stdout, _Tee(sys.stdout, f)
+        try:
+            return _main(args)
+        finally:
+            sys.stdout = out
+
+
+def _main(args) -> int:
+    print(f"machine: {runtime.describe(runtime.machine())}")
     try:
         runtime.check_environment()
         runtime.configure()   # threads and malloc, as core.engine.train
@@ -786,7 +848,10 @@ def main(argv: list[str] | None = None) -> int:
             prof = dataclasses.replace(prof, precision=runtime.resolve_precision(prof.precision, device))
             cfg = RunConfig(prof, ex.baseline, 0)
             data, root = load_data(cfg, args.data_root, args.cache_dir)
-            res = run_cpu(cfg, data, root, resolve_device(args.device), budget, skip, args.quick)
+            data_args = ("--config", args.config, "--device", args.device,
+                         *(("--data-root", args.data_root) if args.data_root else ()),
+                         *(("--cache-dir", args.cache_dir) if args.cache_dir else ()))
+            res = run_cpu(cfg, data, root, device, budget, skip, args.quick, data_args)
             print_cpu(res)
     except (ConfigError, DataError, BenchError) as err:
         print(f"error: {err}", file=sys.stderr)

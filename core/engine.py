@@ -169,6 +169,7 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
     metrics: dict[str, float] = {}
     diverged, epoch, val_top1 = False, 0, []
     for epoch in range(1, cfg.epochs + 1):
+        runtime.set_threads()   # this process's share of the CPUs, as other runs start and stop
         lr = schedule.lr
         t0 = time.perf_counter()
         loss, seen = train_one_epoch(net, optimizer, pipeline, data.train, p.batch_size, cfg.seed, epoch,

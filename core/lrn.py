@@ -20,6 +20,7 @@ loads inside the generated loops were several times slower in a one-off timing).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 
@@ -92,12 +93,28 @@ class _Kernels:
             self.fused = tuple(torch.compile(f, dynamic=False) for f in (lrn_forward, lrn_backward))
         torch._dynamo.maybe_mark_dynamic(args[0], 0)   # one kernel for every batch size
         try:
-            return self.fused[which](*args)
+            with quiet_compiler():
+                return self.fused[which](*args)
         except Exception as err:   # noqa: BLE001 - compilation can fail for many platform reasons
             self.failed = True
             warnings.warn(f"LRN: fused kernels unavailable ({type(err).__name__}: {str(err)[:200]}); using "
                           f"plain ops (slower). Set ALEXNET_LRN_KERNEL=eager to skip the attempt.", RuntimeWarning)
             return plain(*args)
+
+
+@contextlib.contextmanager
+def quiet_compiler():
+    """Hide the compiler's notes on a CPU-only machine (e.g. "No CUDA runtime is found, using
+    CUDA_HOME=..." from torch.utils.cpp_extension during the first compile); errors still show."""
+    loggers = [logging.getLogger(n) for n in ("torch.utils.cpp_extension", "torch._inductor", "torch._dynamo")]
+    before = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, before):
+            lg.setLevel(level)
 
 
 KERNEL = _Kernels()

@@ -1,6 +1,9 @@
 """Process-wide settings for training speed; they change no result.
 
-- threads: torch's intra-op threads, one per CPU unless $ALEXNET_THREADS says otherwise.
+- threads: torch's intra-op threads: this process's share of the CPUs among the harness processes
+  running on the machine (each registers its pid in a folder of the temp dir; the share is taken
+  again every epoch, so a second run started later makes the first give up its extra threads), or
+  $ALEXNET_THREADS.
 - malloc: glibc returns every large freed block to the kernel by default (blocks over its mmap
   threshold are unmapped, and the heap top is trimmed), so each training step's fresh activation
   and batch tensors are first-touched again (millions of page faults a minute on the `cpu`
@@ -10,9 +13,12 @@
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import os
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -64,6 +70,21 @@ def cpu_name() -> str:
     return str(torch._C._cpu._get_cpu_capability().get("cpu_name", "unknown"))
 
 
+def machine() -> dict:
+    """What a speed figure depends on: CPU model, instruction set, native bf16, CPUs, torch build, GPU."""
+    out = {"cpu": cpu_name(), "cpu_kind": cpu_kind(), "cpu_bf16_native": native_bf16(torch.device("cpu")),
+           "cpus": cpus(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def describe(m: dict) -> str:
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
+    return (f"{m['cpu']}, {m['cpu_kind']}, bf16 {'native' if m['cpu_bf16_native'] else 'emulated'} on the CPU, "
+            f"{m['cpus']} CPUs, torch {m['torch']}{gpu}")
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """`auto` -> bf16 where the device computes it natively, else fp32; fp32/bf16 are kept."""
     if precision != "auto":
@@ -71,10 +92,57 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if native_bf16(device) else "fp32"
 
 
+PROCS = Path(tempfile.gettempdir()) / "alexnet-ablation-procs"
+
+
+def cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return os.cpu_count() or 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process
+        return True
+    return True
+
+
+def register(folder: Path | None = None) -> None:
+    """Count this process among the harness processes of the machine (until it exits)."""
+    folder = folder or PROCS
+    folder.mkdir(parents=True, exist_ok=True)
+    mine = folder / str(os.getpid())
+    if not mine.exists():
+        mine.touch()
+        atexit.register(lambda: mine.unlink(missing_ok=True))
+
+
+def harness_processes(folder: Path | None = None) -> int:
+    """Live registered processes (at least 1); files of processes that are gone are removed."""
+    folder = folder or PROCS
+    live = 0
+    for f in folder.glob("*") if folder.is_dir() else []:
+        if f.name.isdigit() and _alive(int(f.name)):
+            live += 1
+        else:
+            f.unlink(missing_ok=True)
+    return max(1, live)
+
+
 def set_threads() -> int:
-    """One intra-op thread per CPU (or $ALEXNET_THREADS); returns the count."""
-    n = int(os.environ.get("ALEXNET_THREADS", os.cpu_count() or 1))
-    torch.set_num_threads(n)
+    """This process's share of the CPUs (or $ALEXNET_THREADS); returns the count."""
+    if os.environ.get("ALEXNET_THREADS"):
+        n = int(os.environ["ALEXNET_THREADS"])
+    else:
+        register()
+        n = max(1, cpus() // harness_processes())
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
     return n
 
 

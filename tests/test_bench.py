@@ -65,6 +65,12 @@ def test_quick_run_prints_and_returns_ratios(tiny, capsys, monkeypatch):
         assert res["ratios"][key] is not None and math.isfinite(res["ratios"][key]), key
     assert res["ratios"]["compile/eager"] is None   # skipped
     assert res["roofline"]["train_gflop_per_image"] > 0
+    # the machine first, in the text and the JSON; the harness in two processes at once
+    assert text.lstrip().startswith("machine: ") and res["setting"]["machine"]["cpu_kind"] in text
+    assert res["setting"]["machine"]["cpus"] >= 1 and "torch" in res["setting"]["machine"]
+    assert "error" not in res["processes"], res["processes"]
+    assert len(res["processes"]["images_per_s_each"]) == 2 and res["processes"]["images_per_s_total"] > 0
+    assert "2 processes at once" in text
 
 
 def test_swap_lrn_keeps_the_paper_strength():

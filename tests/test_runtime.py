@@ -56,3 +56,26 @@ def test_threads_follow_the_environment(monkeypatch):
         assert runtime.set_threads() == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_processes_share_the_cpus(tmp_path, monkeypatch):
+    """Two live harness processes on the machine: each takes half the CPUs; a process that is gone
+    no longer counts (its file is removed)."""
+    folder = tmp_path / "procs"
+    monkeypatch.setattr(runtime, "PROCS", folder)
+    monkeypatch.delenv("ALEXNET_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "cpus", lambda: 8)
+    before = torch.get_num_threads()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        runtime.register(folder)
+        (folder / str(other.pid)).touch()
+        assert runtime.harness_processes(folder) == 2
+        assert runtime.set_threads() == 4 and torch.get_num_threads() == 4
+        other.kill()
+        other.wait()
+        assert runtime.harness_processes(folder) == 1 and not (folder / str(other.pid)).exists()
+        assert runtime.set_threads() == 8
+    finally:
+        other.kill()
+        torch.set_num_threads(before)

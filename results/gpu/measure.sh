@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU measurements of README "Speed" as one prepared script for a lent GPU machine (the device
-# tool, ~15 minutes): every toggle's variant trained on CUDA, then the paper-size throughput rows.
+# The GPU measurements of README "Speed" as one prepared script for a single-GPU machine (about
+# 15 minutes): every toggle's variant trained on CUDA, then the paper-size throughput rows.
 # Usage: bash results/gpu/measure.sh   (logs and JSON go to $OUT, else results/gpu/)
 set -u
 out=${OUT:-results/gpu}
