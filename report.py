@@ -19,10 +19,9 @@ import sys
 from pathlib import Path
 
 from ablations.runs import ReportError
-from core.config import ConfigError
+from core.config import REPO, ConfigError
 from core.tracking import DEFAULT_EXPERIMENT, TrackingError
 
-REPO = Path(__file__).resolve().parent
 
 
 def parser() -> argparse.ArgumentParser:

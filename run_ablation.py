@@ -16,24 +16,18 @@ import argparse
 import shlex
 import signal
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO))
-
-from ablations.grids import expand            # noqa: E402
-from ablations.runner import load_data, plan, run_grid   # noqa: E402
-from core.config import ConfigError, load_experiments    # noqa: E402
-from core.data import DataError                # noqa: E402
-from core import runtime                         # noqa: E402
-from core.toggles import REGISTRY              # noqa: E402
-from core.tracking import DEFAULT_EXPERIMENT   # noqa: E402
-from core.engine import resolve_device         # noqa: E402
+from ablations.grids import expand
+from core.config import REPO, ConfigError, load_experiments
+from core.toggles import REGISTRY
+from core.tracking import DEFAULT_EXPERIMENT
+# torch and the engine are imported once the command line and experiments.yaml are checked
 
 
 def check_device(device: str) -> None:
     """A device this machine has, before any run or cache is made."""
     import torch
+    from core.engine import resolve_device
     try:
         dev = resolve_device(device)
     except RuntimeError:
@@ -94,34 +88,48 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
     try:
-        runtime.check_environment()
         experiments = load_experiments(args.config)
         if args.list:
             show(experiments)
             return 0
         if not args.grid:
             raise ConfigError(f"--grid is required; choices: {', '.join(experiments.grids)}")
-        check_device(args.device)
-        cells = plan(experiments, args.grid, args.profile, args.seeds, args.device,
-                     first_seed=args.first_seed)   # validates grid, profile, toggles
-        data = load_data(cells[0].config.profile, args.data_root, args.cache_dir)
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        experiments.profile(args.profile)
+        expand(experiments, args.grid)              # the grid and its toggles, before torch is imported
+        if args.seeds < 1 or args.first_seed < 0:
+            raise ConfigError(f"--seeds must be at least 1 and --first-seed at least 0 "
+                              f"(got {args.seeds}, {args.first_seed})")
+        from ablations.runner import load_data, plan
+        from core import runtime
+        from core.data import DataError
+        try:
+            runtime.check_environment()
+            check_device(args.device)
+            cells = plan(experiments, args.grid, args.profile, args.seeds, args.device, first_seed=args.first_seed)
+            data = load_data(cells[0].config.profile, args.data_root, args.cache_dir)
+        except DataError as err:
+            raise ConfigError(str(err)) from None
+    except ConfigError as err:
+        print(f"\nerror: {err}", file=sys.stderr)   # on its own line, after any progress bar
         return 2
+    from ablations.runner import run_grid
+    from core.engine import resolve_device
     from core.tracking import MlflowTracker
     tracker = MlflowTracker(args.experiment, args.tracking_uri, system_metrics=not args.no_system_metrics)
     prof = cells[0].config.profile
     print(f"{args.grid}: {len(cells)} cells on profile {args.profile}, {resolve_device(args.device)}, precision "
           f"{prof.precision}{' (auto)' if experiments.profile(args.profile).precision == 'auto' else ''}, "
-          f"{runtime.set_threads()} threads "
-          f"({len(data.train.labels)} train / {len(data.val.labels)} val images from {data.train.root}); "
-          f"MLflow {tracker.client.tracking_uri}, experiment {args.experiment!r}", file=sys.stderr)
+          f"{runtime.set_threads()} threads ({len(data.train.labels)} train / {len(data.val.labels)} val images "
+          f"from {data.train.root}); MLflow {tracker.uri}, experiment {args.experiment!r}", file=sys.stderr)
     out = run_grid(experiments, args.grid, args.profile, args.seeds, tracker, data, rerun=args.rerun,
                    device=args.device, command=shlex.join(["python", *sys.argv]), first_seed=args.first_seed)
-    print(f"done: {len(out.ran)} trained, {len(out.skipped)} already finished (skipped); "
-          f"parent run {out.parent_id}. Next: mlflow ui, or python report.py --grid {args.grid}"
-          + (f" --experiment {args.experiment}" if args.experiment != DEFAULT_EXPERIMENT else ""),
-          file=sys.stderr)
+    ui = "" if tracker.uri.startswith("http") else f"  (after: mlflow ui --backend-store-uri {tracker.uri})"
+    print(f"done: {len(out.ran)} trained, {len(out.skipped)} already finished (skipped)\n"
+          f"runs:   {tracker.run_url()}{ui}\n"
+          + (f"parent: {tracker.run_url(out.parent_id)}\n" if out.parent_id else "")
+          + f"report: python report.py --grid {args.grid} --profile {args.profile}"
+          + (f" --experiment {args.experiment}" if args.experiment != DEFAULT_EXPERIMENT else "")
+          + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""), file=sys.stderr)
     return 0
 
 

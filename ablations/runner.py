@@ -14,13 +14,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core import outcomes, runtime
-from core.config import ConfigError, Experiments, Profile, RunConfig
+from core.config import REPO, ConfigError, Experiments, Profile, RunConfig
 from core.data import load_split, resolve_root, train_stats
 from core.engine import Data, resolve_device, train
-from core.toggles import REGISTRY, as_dict
+from core.toggles import REGISTRY, as_dict, differences
 from .grids import Variant, expand
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,6 @@ class GridOutcome:
     parent_id: str = ""
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    results: dict = field(default_factory=dict)
 
 
 def plan(experiments: Experiments, grid: str, profile: str, seeds: int, device: str | None = None,
@@ -126,8 +124,7 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
                     "base_variant": cells[0].variant.name, "seed": cfg.seed,
                     "profile": profile, "git_commit": parent_tags["git_commit"], "role": "cell",
                     "precision": cfg.profile.precision,
-                    "flipped": ",".join(f"{k}={v}" for k, v in as_dict(cfg.toggles).items()
-                                        if v != REGISTRY[k].paper) or "none"}
+                    "flipped": ",".join(f"{k}={v}" for k, v in differences(cfg.toggles).items()) or "none"}
             dataset = {"name": f"{cfg.profile.dataset}-{cfg.profile.prep_size}px",
                        "digest": data.train.digest, "source": data.train.root}
             params = {**child_params(cfg, data), "device": str(resolve_device(device)), "cpu": runtime.cpu_kind()}
@@ -136,6 +133,5 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
                 result = train(cfg, data, run, on_epoch=lambda e, m: bar.update(1), device=device)
                 bar.update(cfg.epochs - result.epochs_run)
             out.ran.append(cell.name)
-            out.results[cell.name] = result
     bar.close()
     return out

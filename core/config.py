@@ -18,6 +18,7 @@ import yaml
 
 from .toggles import Toggles, ToggleError, as_dict, make_toggles
 
+REPO = Path(__file__).resolve().parent.parent   # the repository (default data and experiments paths)
 PAPER_EPOCHS = {"paper": 90, "seed": 120}   # §5; the seed trained 120
 PAPER_PATIENCE_AT_90 = 10                   # epochs without improvement before an lr drop, at 90 epochs
 DATASET_CLASSES = {"imagenette": 10, "imagenet": 1000}

@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-REPO = Path(__file__).resolve().parent.parent
+from .config import REPO
+
 DATA_ENV = "ALEXNET_DATA_ROOT"
 CACHE_ENV = "ALEXNET_CACHE_DIR"
 CACHE_VERSION = 1
@@ -74,6 +75,10 @@ def scan(root: Path, split: str, classes: tuple[str, ...] | None = None,
     """List (path, label) of an ImageFolder split, sorted; classes come from train/."""
     folder = root / split
     found = tuple(sorted(d.name for d in folder.iterdir() if d.is_dir())) if folder.is_dir() else ()
+    extra = sorted(set(found) - set(classes)) if classes else []
+    if extra:
+        raise DataError(f"{folder} has class folder(s) that train/ lacks: {', '.join(extra[:10])}"
+                        f"{' ...' if len(extra) > 10 else ''}; add them to train/ or remove them from {split}/")
     classes = classes or found
     if not classes:
         raise DataError(f"{folder} has no class folders; expected {folder}/<class>/<image>")
@@ -94,7 +99,7 @@ def load_image(path: str, size: int) -> np.ndarray:
             img.draft("RGB", (size, size))   # JPEG: decode at reduced scale when much larger
             img = ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}. Remove or replace the file, then rerun") from None
 
 
@@ -153,9 +158,13 @@ def load_split(root: Path, split: str, size: int, classes: tuple[str, ...] | Non
     digest = _digest(samples, size)
     final = cache_dir(cache) / f"{split}-{size}px-{digest}"
     if not (final / "images.npy").exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        sweep_orphans(final.parent)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_owner(os.getpid())}.", dir=final.parent))
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            sweep_orphans(final.parent)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_owner(os.getpid())}.", dir=final.parent))
+        except OSError as err:
+            raise DataError(f"cannot write the image cache in {final.parent} ({err.strerror}); pass --cache-dir "
+                            f"DIR (or set ${CACHE_ENV}) to a folder you can write") from None
         try:
             images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (len(samples), 3, size, size))
             jobs = [(p, size) for p, _ in samples]

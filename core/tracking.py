@@ -42,7 +42,6 @@ class RunLog(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def log_dict(self, data: dict, path: str) -> None: ...
-    def log_file(self, local: str, folder: str | None = None) -> None: ...
     def log_state_dict(self, state: dict, path: str) -> None: ...
 
 
@@ -110,9 +109,6 @@ class _MlflowRun:
 
     def log_dict(self, data, path):
         self.client.log_text(self.run_id, yaml.safe_dump(data, sort_keys=False), path)
-
-    def log_file(self, local, folder=None):
-        self.client.log_artifact(self.run_id, local, folder)
 
     def log_state_dict(self, state, path):
         import torch
@@ -264,9 +260,6 @@ class MemoryRun:
 
     def log_dict(self, data, path):
         self.artifacts[path] = data
-
-    def log_file(self, local, folder=None):
-        self.artifacts[f"{folder}/{Path(local).name}" if folder else Path(local).name] = local
 
     def log_state_dict(self, state, path):
         self.artifacts[path] = state

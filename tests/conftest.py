@@ -5,6 +5,7 @@ busy training in the background.
 """
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -127,3 +128,22 @@ def tta_table(labels: np.ndarray, num_classes: int) -> torch.Tensor:
         else:
             table[:, n, y] = 2.0
     return table
+
+
+SHARED = REPO.parent / "shared" / "datasets" / "imagenette2-224"
+
+
+def cli(*args, cwd=REPO, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="session")
+def smoke_store(tmp_path_factory):
+    """The smoke deviations grid with 2 seeds on the shared Imagenette, run once per session into a
+    fresh SQLite store; returns (uri, tmp folder, the runner's stderr)."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    res = cli("run_ablation.py", "--grid", "deviations", "--profile", "smoke", "--seeds", "2",
+              "--tracking-uri", uri, "--cache-dir", str(tmp / "cache"), "--data-root", str(SHARED))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return uri, tmp, res.stderr

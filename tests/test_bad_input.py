@@ -124,3 +124,60 @@ def test_bad_environment_setting_is_named_before_anything_runs(tmp_path, tiny_im
     assert res.returncode == 2
     assert f"{name}={value!r}" in error_line(res)
     assert no_runs(uri)
+
+
+def no_cache(tmp_path) -> bool:
+    return not any((tmp_path / "cache").glob("*")) if (tmp_path / "cache").exists() else True
+
+
+def test_too_small_geometry_is_refused_before_any_run(tmp_path, tiny_imagefolder):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("profiles:\n  small: {image_size: 12, width: 0.125, stem: [5, 2, 1]}\n"
+                   "grids:\n  one: {one_at_a_time: {lrn: false}}\n")
+    res, uri = run_cli(tmp_path, "--config", str(cfg), "--grid", "one", "--profile", "small",
+                       "--data-root", str(tiny_imagefolder))
+    assert res.returncode == 2 and "image_size 12" in error_line(res) and "Traceback" not in res.stderr
+    assert no_runs(uri) and no_cache(tmp_path)
+
+
+@pytest.mark.parametrize("device,expected", [("bogus", "not a device"), ("cuda:7", "no such CUDA device")])
+def test_a_device_this_machine_lacks_is_refused(tmp_path, tiny_imagefolder, device, expected):
+    res, uri = run_cli(tmp_path, "--grid", "deviations", "--device", device, "--data-root", str(tiny_imagefolder))
+    assert res.returncode == 2 and expected in error_line(res) and "Traceback" not in res.stderr
+    assert no_runs(uri) and no_cache(tmp_path)
+
+
+def test_unwritable_cache_dir_is_named(tmp_path, tiny_imagefolder):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    res = subprocess.run([sys.executable, "run_ablation.py", "--grid", "deviations", "--profile", "smoke",
+                          "--data-root", str(tiny_imagefolder), "--cache-dir", str(blocker / "cache"),
+                          "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "--cache-dir" in error_line(res) and "Traceback" not in res.stderr
+    assert no_runs(f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def test_a_decompression_bomb_is_named(tmp_path, tiny_imagefolder):
+    from PIL import Image
+    Image.new("1", (20000, 20000)).save(tiny_imagefolder / "train" / "apple" / "huge.png")
+    res, uri = run_cli(tmp_path, "--grid", "deviations", "--data-root", str(tiny_imagefolder))
+    assert res.returncode == 2 and "huge.png" in error_line(res) and "Traceback" not in res.stderr
+    assert no_runs(uri) and no_cache(tmp_path)
+
+
+def test_a_class_only_in_val_is_refused(tmp_path, tiny_imagefolder):
+    extra = tiny_imagefolder / "val" / "zebra"
+    extra.mkdir()
+    (tiny_imagefolder / "val" / "apple" / "img0.JPEG").rename(extra / "img0.JPEG")
+    res, uri = run_cli(tmp_path, "--grid", "deviations", "--data-root", str(tiny_imagefolder))
+    assert res.returncode == 2 and "zebra" in error_line(res)
+    assert no_runs(uri)
+
+
+def test_config_errors_are_answered_before_torch_is_imported():
+    probe = ("import sys, run_ablation; rc = run_ablation.main(['--grid', 'nope']); "
+             "print(rc, 'torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.stdout.split() == ["2", "False"], res.stdout + res.stderr
+    assert "\nerror: unknown grid 'nope'" in "\n" + res.stderr

@@ -1,4 +1,4 @@
-"""core.bench in its quickest mode on a tiny synthetic ImageFolder (a few seconds on a CPU)."""
+"""tools.bench in its quickest mode on a tiny synthetic ImageFolder (a few seconds on a CPU)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from core import bench
+from tools import bench
 from core.lrn import LRN
 
 TINY_YAML = """

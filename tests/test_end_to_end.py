@@ -12,25 +12,18 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "datasets" / "imagenette2-224"
-NAMED = ("init", "pca", "lr_schedule", "epochs", "lrn", "overlap_pool")
+from core.toggles import NAMED   # noqa: E402
 EPOCH_METRICS = ("train_loss", "lr", "val_top1_err", "val_top5_err", "epoch_time_s", "images_per_s")
 
 pytestmark = pytest.mark.skipif(not (SHARED / "train").is_dir(), reason=f"shared Imagenette absent at {SHARED}")
 
 
-def cli(*args, cwd=REPO, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+from conftest import cli   # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """Runs the smoke deviations grid with 2 seeds once; returns (uri, tmp folder, stderr)."""
-    tmp = tmp_path_factory.mktemp("e2e")
-    uri = f"sqlite:///{tmp}/mlflow.db"
-    res = cli("run_ablation.py", "--grid", "deviations", "--profile", "smoke", "--seeds", "2",
-              "--tracking-uri", uri, "--cache-dir", str(tmp / "cache"), "--data-root", str(SHARED))
-    assert res.returncode == 0, res.stderr[-3000:]
-    return uri, tmp, res.stderr
+@pytest.fixture
+def store(smoke_store):
+    return smoke_store
 
 
 def runs(uri: str):

@@ -5,8 +5,8 @@
 set -u
 out=${OUT:-results/gpu}
 mkdir -p "$out"
-python3 -m core.gpucheck > "$out/gpucheck.log" 2>&1; echo "gpucheck rc=$?"
-python3 -m core.bench --gpu-synthetic --gpu-only "uint8 cache on GPU" --seconds 8 --json "$out/gpu-engine.json" \
+python3 -m tools.gpucheck > "$out/gpucheck.log" 2>&1; echo "gpucheck rc=$?"
+python3 -m tools.bench --gpu-synthetic --gpu-only "uint8 cache on GPU" --seconds 8 --json "$out/gpu-engine.json" \
   > "$out/gpu-engine.log" 2>&1; echo "engine rc=$?"
-python3 -m core.bench --gpu-synthetic --seconds 6 --json "$out/gpu.json" > "$out/gpu.log" 2>&1; echo "bench rc=$?"
+python3 -m tools.bench --gpu-synthetic --seconds 6 --json "$out/gpu.json" > "$out/gpu.log" 2>&1; echo "bench rc=$?"
 tail -n 25 "$out/gpu-engine.log"

@@ -1,4 +1,4 @@
-"""Roofline helpers for core/bench.py: the model's training FLOPs per image and the machine's
+"""Roofline helpers for tools/bench.py: the model's training FLOPs per image and the machine's
 measured matrix-multiply rate.
 
 FLOPs come from torch.utils.flop_counter.FlopCounterMode, which counts matmuls and convolutions

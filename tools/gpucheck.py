@@ -1,4 +1,4 @@
-"""Does the engine train on this machine's GPU? `python -m core.gpucheck [--device cuda]`
+"""Does the engine train on this machine's GPU? `python -m tools.gpucheck [--device cuda]`
 
 Runs core.engine.train for two epochs on synthetic uint8 images (smoke-sized model) for the paper
 baseline and each toggle flipped alone, on the given device, with an in-memory tracker; prints one
@@ -14,11 +14,11 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from .config import Profile, RunConfig
-from .data import Split, train_stats
-from .engine import Data, train
-from .toggles import REGISTRY, make_toggles
-from .tracking import MemoryTracker
+from core.config import Profile, RunConfig
+from core.data import Split, train_stats
+from core.engine import Data, train
+from core.toggles import REGISTRY, make_toggles
+from core.tracking import MemoryTracker
 
 
 def synthetic(n: int, prep: int, classes: int, seed: int) -> Split:

@@ -1,11 +1,11 @@
 """Speed benchmark: the harness's training loop next to a seed-style loop, the bare compute, and
 the matmul roofline, all on the same model size, data and machine.
 
-    python -m core.bench --profile cpu                  # table + ratios: 20 s per measurement, ~5 min
-    python -m core.bench --profile cpu --quick          # 2 timed batches per measurement (smoke check)
-    python -m core.bench --profile cpu --batches 74     # 74 batches each (cpu: the harness's whole epoch)
-    python -m core.bench --profile cpu --json out.json  # also write the results as JSON
-    python -m core.bench --gpu-synthetic                # paper-size AlexNet on CUDA, synthetic images
+    python -m tools.bench --profile cpu                  # table + ratios: 20 s per measurement, ~5 min
+    python -m tools.bench --profile cpu --quick          # 2 timed batches per measurement (smoke check)
+    python -m tools.bench --profile cpu --batches 74     # 74 batches each (cpu: the harness's whole epoch)
+    python -m tools.bench --profile cpu --json out.json  # also write the results as JSON
+    python -m tools.bench --gpu-synthetic                # paper-size AlexNet on CUDA, synthetic images
 
 Rows of the CPU table (every training row: forward, backward and SGD step of the profile's batch):
   (a) harness   core.engine.train_one_epoch over the real uint8 cache: memmap reads, batched crop /
@@ -36,19 +36,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment import IMAGENET_MEAN, draw_epoch
-from .config import ConfigError, RunConfig, load_experiments
-from .data import REPO, DataError, Split, Stats, load_split, resolve_root, scan, train_stats
-from .engine import (Data, layout, train_step, build_model, build_pipeline, evaluate, resolve_device,
+from core.augment import IMAGENET_MEAN, draw_epoch
+from ablations.runner import load_data
+from core.config import PAPER_EPOCHS, ConfigError, RunConfig, load_experiments
+from core.data import REPO, DataError, Split, Stats, resolve_root, scan, train_stats
+from core.engine import (Data, layout, train_step, build_model, build_pipeline, evaluate, resolve_device,
                      train_one_epoch)
-from . import runtime
-from .flops import matmul_gflops, sync, train_flops_per_image
-from .lrn import LRN, using as lrn_kernels
-from .schedule import build_optimizer
+from core import runtime
+from tools.flops import matmul_gflops, sync, train_flops_per_image
+from core.lrn import LRN, using as lrn_kernels
+from core.schedule import build_optimizer
 
 PLAIN_WORKERS = 2                 # the seed's DataLoader
 IMAGENET_TRAIN = 1_281_167        # images per ImageNet-1k epoch
-PAPER_EPOCHS = 90
 SECTIONS = ("plain", "eval", "compute", "lrn", "layout", "precision", "compile", "mlflow", "roofline", "processes")
 MLFLOW_METRICS = ("train_loss", "lr", "val_top1_err", "val_top5_err", "epoch_time_s", "images_per_s",
                   "val10_top1_err", "val10_top5_err")   # the engine logs the first six each epoch
@@ -357,7 +357,7 @@ def mlflow_logging(epochs: int) -> dict:
     import logging
 
     import mlflow
-    from .tracking import MlflowTracker
+    from core.tracking import MlflowTracker
     logging.getLogger("alembic").setLevel(logging.WARNING)
     previous = mlflow.get_tracking_uri()
     try:
@@ -398,15 +398,6 @@ LABELS = {
     "compute_fp32": "compute, fp32",
     "compute_compiled": "compute, torch.compile",
 }
-
-
-def load_data(cfg: RunConfig, data_root: str | None, cache: str | None) -> tuple[Data, object]:
-    """The profile's uint8 caches (decoded once, then reused) and training statistics."""
-    p = cfg.profile
-    root = resolve_root(p.dataset, data_root)
-    train = load_split(root, "train", p.prep_size, max_per_class=p.max_per_class, cache=cache)
-    val = load_split(root, "val", p.prep_size, classes=train.classes, max_per_class=p.max_per_class, cache=cache)
-    return Data(train, val, train_stats(train)), root
 
 
 def compute_variants(cfg: RunConfig, skip: set[str]) -> dict[str, tuple[RunConfig, dict]]:
@@ -464,7 +455,7 @@ def two_processes(cfg: RunConfig, budget: Budget, data_args: tuple = ()) -> dict
     threads = max(1, runtime.cpus() // 2)
     print(f"  measuring the harness in 2 processes of {threads} thread(s) each ...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = lambda i: [sys.executable, "-m", "core.bench", "--profile", cfg.profile.name, "--json", f"{tmp}/{i}.json",
+        cmd = lambda i: [sys.executable, "-m", "tools.bench", "--profile", cfg.profile.name, "--json", f"{tmp}/{i}.json",
                          *data_args,
                          "--skip", ",".join(s for s in SECTIONS if s != "harness"),
                          *(["--batches", str(budget.batches)] if budget.batches else ["--seconds", str(budget.seconds)])]
@@ -721,7 +712,7 @@ def run_gpu(config: str, budget: Budget, limit_s: float = 40.0, n_images: int = 
 
 def paper_run_hours(ips: float) -> float:
     """Hours for 90 ImageNet-1k epochs (1,281,167 images each) at `ips` images/s."""
-    return PAPER_EPOCHS * IMAGENET_TRAIN / ips / 3600
+    return PAPER_EPOCHS["paper"] * IMAGENET_TRAIN / ips / 3600
 
 
 def print_gpu(res: dict) -> None:
@@ -748,7 +739,7 @@ def print_gpu(res: dict) -> None:
 
 # ------------------------------------------------------------------------------- command line
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="cpu", help="profile from experiments.yaml (default: cpu)")
     ap.add_argument("--batches", type=int, help="timed batches per measurement (more than an epoch: one "
@@ -824,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     kind = runtime.cpu_kind()
     args.json = args.json or str(REPO / "results" / f"bench-{kind}.json")
     with open(REPO / "results" / f"bench-{kind}.txt", "w") as f:
-        f.write(f"# {' '.join(['python -m core.bench', *(argv if argv is not None else sys.argv[1:])])}\n")
+        f.write(f"# {' '.join(['python -m tools.bench', *(argv if argv is not None else sys.argv[1:])])}\n")
         out, sys.stdout = sys.stdout, _Tee(sys.stdout, f)
         try:
             return _main(args)
@@ -847,7 +838,8 @@ def _main(args) -> int:
             device = resolve_device(args.device)
             prof = dataclasses.replace(prof, precision=runtime.resolve_precision(prof.precision, device))
             cfg = RunConfig(prof, ex.baseline, 0)
-            data, root = load_data(cfg, args.data_root, args.cache_dir)
+            root = resolve_root(prof.dataset, args.data_root)
+            data = load_data(prof, str(root), args.cache_dir)
             data_args = ("--config", args.config, "--device", args.device,
                          *(("--data-root", args.data_root) if args.data_root else ()),
                          *(("--cache-dir", args.cache_dir) if args.cache_dir else ()))

@@ -1,0 +1,68 @@
+"""The MLflow UI opens on the comparison: a real `mlflow server` on a smoke grid's store, and the
+runs link that run_ablation.py printed, loaded in headless Chromium, shows the grid's runs table
+(the model-training view, not the GenAI overview)."""
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(smoke_store):
+    uri, tmp, stderr = smoke_store
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+                             "--default-artifact-root", str(tmp / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("mlflow server did not answer /health within 120 s")
+        yield port, stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def render(url: str, tmp_path, *extra: str) -> str:
+    assert CHROMIUM, "headless Chromium is needed (Debian package chromium; .ci/run installs it)"
+    res = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=20000", *extra, url],
+                         capture_output=True, text=True, timeout=180)
+    return res.stdout
+
+
+def test_the_printed_link_opens_the_runs_table(server, tmp_path):
+    port, stderr = server
+    link = re.search(r"^runs:\s+(\S+)", stderr, re.M).group(1)
+    assert link.endswith("?workflowType=machine_learning")
+    page = render(link.replace("http://127.0.0.1:5000", f"http://127.0.0.1:{port}"), tmp_path, "--dump-dom")
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
+    assert "Runs - Experiment" in page
+    assert "Model training" in text and "15 matching runs" in text    # 14 cells and their parent
+    assert "deviations-smoke-" in text                                  # the grid's parent run, its cells nested
+    parent = re.search(r"^parent: (\S+)", stderr, re.M).group(1)
+    page = render(parent.replace("http://127.0.0.1:5000", f"http://127.0.0.1:{port}"), tmp_path, "--dump-dom")
+    assert "deviations-smoke-" in re.sub(r"<[^>]+>", " ", page)

@@ -1,0 +1,1 @@
+"""Tools that use the engine: the speed benchmark (and its flop counting), the GPU check."""
