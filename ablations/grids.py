@@ -18,7 +18,7 @@ import itertools
 from dataclasses import dataclass
 
 from core.config import ConfigError, Experiments, check_combination
-from core.toggles import Toggles, ToggleError, as_dict, make_toggles
+from core.toggles import Toggles, as_dict, make_toggles
 
 GRID_KEYS = {"base", "base_name", "one_at_a_time", "factorial", "fraction", "variants", "description"}
 
@@ -30,10 +30,7 @@ class Variant:
 
 
 def _toggles(overrides: dict, where: str) -> Toggles:
-    try:
-        t = make_toggles(overrides, where)
-    except ToggleError as err:
-        raise ConfigError(str(err)) from None
+    t = make_toggles(overrides, where)
     check_combination(t)
     return t
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from .toggles import Toggles, ToggleError, as_dict, make_toggles
+from .errors import ConfigError
+from .toggles import Toggles, as_dict, make_toggles
 
 REPO = Path(__file__).resolve().parent.parent   # the repository (default data and experiments paths)
 PAPER_EPOCHS = {"paper": 90, "seed": 120}   # §5; the seed trained 120
@@ -27,10 +28,6 @@ PRECISIONS = ("auto", "fp32", "bf16")       # auto: bf16 where the device comput
 # Profile keys left out of config_hash: they change speed or wording, not what is computed.
 # (precision is in: a run's hash holds the precision it resolved to on its machine.)
 SPEED_ONLY = ("description", "eval_batch_size", "compile", "channels_last")
-
-
-class ConfigError(ValueError):
-    """A bad experiments.yaml or command-line choice; the message names the valid choices."""
 
 
 @dataclass(frozen=True)
@@ -208,10 +205,7 @@ def load_experiments(path: str | Path) -> Experiments:
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {sorted(unknown)} in {path}; valid: baseline, profiles, "
                           f"grids (and _name keys for YAML anchors)")
-    try:
-        baseline = make_toggles(raw.get("baseline") or {}, f"{path}: baseline")
-    except ToggleError as err:
-        raise ConfigError(str(err)) from None
+    baseline = make_toggles(raw.get("baseline") or {}, f"{path}: baseline")
     profiles = {n: make_profile(n, d) for n, d in (raw.get("profiles") or {}).items()}
     grids = raw.get("grids") or {}
     bad = [str(g) for g in grids if not re.fullmatch(r"[\w.-]+", str(g))]

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Toggle:
@@ -77,8 +79,8 @@ Toggles = dataclasses.make_dataclass(
 )
 
 
-class ToggleError(ValueError):
-    pass
+class ToggleError(ConfigError):
+    """An unknown toggle or value (a ConfigError: answered like any other bad input)."""
 
 
 def make_toggles(overrides: dict | None = None, where: str = "") -> "Toggles":
