@@ -74,12 +74,16 @@ def _interrupt(signum, frame):
 
 
 def main(argv=None) -> int:
-    # Ctrl-C and `kill` (SIGTERM) both end the current run as KILLED in MLflow; SIGINT is re-enabled
-    # because shells start background jobs with it ignored.
+    return interruptible(lambda: _main(parser().parse_args(argv)))
+
+
+def interruptible(work) -> int:
+    """Ctrl-C and `kill` (SIGTERM) both end the current run as KILLED in MLflow and exit 130; SIGINT
+    is re-enabled because shells start background jobs with it ignored."""
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _main(parser().parse_args(argv))
+        return work()
     except KeyboardInterrupt:
         print("interrupted: the current run (if any) is marked KILLED in MLflow; run the same command "
               "again to resume", file=sys.stderr)
@@ -89,9 +93,18 @@ def main(argv=None) -> int:
 def _main(args) -> int:
     try:
         experiments = load_experiments(args.config)
-        if args.list:
-            show(experiments)
-            return 0
+    except ConfigError as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        return 2
+    if args.list:
+        show(experiments)
+        return 0
+    return run(args, experiments)
+
+
+def run(args, experiments) -> int:
+    """Check everything, prepare the data, train the grid's cells; one `error:` line on bad input."""
+    try:
         if not args.grid:
             raise ConfigError(f"--grid is required; choices: {', '.join(experiments.grids)}")
         experiments.profile(args.profile)
@@ -122,7 +135,8 @@ def _main(args) -> int:
           f"{runtime.set_threads()} threads ({len(data.train.labels)} train / {len(data.val.labels)} val images "
           f"from {data.train.root}); MLflow {tracker.uri}, experiment {args.experiment!r}", file=sys.stderr)
     out = run_grid(experiments, args.grid, args.profile, args.seeds, tracker, data, rerun=args.rerun,
-                   device=args.device, command=shlex.join(["python", *sys.argv]), first_seed=args.first_seed)
+                   device=args.device, command=getattr(args, "command", None) or shlex.join(["python", *sys.argv]),
+                   first_seed=args.first_seed)
     ui = "" if tracker.uri.startswith("http") else f"  (after: mlflow ui --backend-store-uri {tracker.uri})"
     print(f"done: {len(out.ran)} trained, {len(out.skipped)} already finished (skipped)\n"
           f"runs:   {tracker.run_url()}{ui}\n"

@@ -88,7 +88,7 @@ def child_params(cfg: RunConfig, data: Data) -> dict:
     params = {name: toggles[name] for name in REGISTRY}   # `epochs` is the toggle; `epochs_run` the count
     params.update(epochs_run=cfg.epochs, seed=cfg.seed, profile=p.name, dataset=p.dataset,
                   image_size=p.image_size, width=p.width, batch_size=p.batch_size, lr=p.lr,
-                  momentum=p.momentum, weight_decay=p.weight_decay, prep_size=p.prep_size,
+                  sgd_momentum=p.momentum, weight_decay=p.weight_decay, prep_size=p.prep_size,
                   stem=list(p.stem), lr_patience=cfg.patience, late_after=outcomes.late_after(p.epoch_scale),
                   precision=p.precision, epoch_scale=p.epoch_scale, data_identity=cfg.data,
                   train_images=len(data.train.labels),

@@ -197,5 +197,16 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
     run.set_tags({"outcome": outcome})
     run.log_metrics({"wall_time_s": wall, "epochs_at_chance": outcomes.epochs_at_chance(val_top1, num_classes)},
                     step=epoch)
-    run.log_state_dict(model.state_dict(), "model/weights.pt")
+    run.log_state_dict(bundle(cfg, model, data), "model/weights.pt")
     return Result(metrics, outcome, epoch, wall)
+
+
+BUNDLE_FORMAT = "alexnet-ablation-model/1"
+
+
+def bundle(cfg: RunConfig, model: AlexNet, data: Data) -> dict:
+    """What classifying an image needs, in one file that loads with weights_only=True: the weights,
+    the resolved config (architecture toggles, profile geometry), the class names and the
+    training mean image (§2)."""
+    return {"format": BUNDLE_FORMAT, "state_dict": model.state_dict(), "config": cfg.resolved(),
+            "classes": list(data.train.classes), "mean_image": torch.from_numpy(np.asarray(data.stats.mean_image))}

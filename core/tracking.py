@@ -15,12 +15,14 @@ from typing import Any, Iterator, Protocol
 
 import yaml
 
+from .errors import ConfigError
+
 DEFAULT_EXPERIMENT = "alexnet-deviations"
 logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)   # no start/stop chatter per run
 
 
-class TrackingError(RuntimeError):
-    """A store or experiment that is not there; the message lists what is."""
+class TrackingError(ConfigError):
+    """A store, experiment, run or artifact that is not there; the message says what is."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,27 @@ class Tracker(Protocol):
 def resolve_uri(uri: str | None) -> str | None:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else MLflow's default (None)."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def download_artifact(run_id: str, path: str, folder: str, uri: str | None = None) -> Path:
+    """A run's artifact into `folder`; TrackingError when the store, run or artifact is not there
+    (a missing SQLite store is never created)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    uri = resolve_uri(uri) or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise TrackingError(f"no MLflow store at {uri[len('sqlite:///'):]}; pass --tracking-uri of the run's store")
+    client = mlflow.MlflowClient(uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise TrackingError(f"no run {run_id!r} in {uri}; pass a run id from the report or the MLflow UI") from None
+    try:
+        return Path(client.download_artifacts(run_id, path, folder))
+    except (MlflowException, OSError):
+        raise TrackingError(f"run {run_id} has no {path} (a run that did not finish, or whose artifacts are "
+                            f"not beside this store); pass -w with a weights file instead") from None
 
 
 def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str:

@@ -12,7 +12,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "datasets" / "imagenette2-224"
-from core.toggles import NAMED   # noqa: E402
+from core.toggles import NAMED, REGISTRY   # noqa: E402
 EPOCH_METRICS = ("train_loss", "lr", "val_top1_err", "val_top5_err", "epoch_time_s", "images_per_s")
 
 pytestmark = pytest.mark.skipif(not (SHARED / "train").is_dir(), reason=f"shared Imagenette absent at {SHARED}")
@@ -54,6 +54,8 @@ def test_child_params_and_tags(store):
         assert r["params.profile"] == "smoke" and r["params.dataset"] == "imagenette"
         assert r["params.image_size"] == "32" and r["params.batch_size"] == "32"
         assert r["tags.grid"] == "deviations"
+        for name, toggle in REGISTRY.items():   # every toggle's param holds one of its values, nothing else
+            assert r[f"params.{name}"] in {str(c) for c in toggle.choices}, name
         assert r["tags.mlflow.runName"] == f"{r['tags.variant']}/seed{r['params.seed']}"
         flipped = r["tags.variant"]
         for name in NAMED:   # exactly one toggle differs from the paper, the one the variant names
