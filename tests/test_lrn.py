@@ -144,3 +144,20 @@ def test_bf16_fused_and_plain_kernels_agree_forward_and_backward(monkeypatch):
     xr = a.double().clone().requires_grad_(True)
     (lrn_reference(xr) * g.double()).sum().backward()
     torch.testing.assert_close(results["fused"][1].double(), xr.grad, rtol=2e-2, atol=2e-3)
+
+
+def test_first_fused_compile_prints_no_compiler_notes(tmp_path):
+    """A CPU-only machine's first compile (fresh inductor cache) prints nothing to the user."""
+    import os
+    import subprocess
+    import sys
+    probe = ("import torch; from core.lrn import LRN, using\n"
+             "with using('fused'):\n"
+             "    x = torch.randn(4, 10, 6, 6, requires_grad=True)\n"
+             "    LRN()(x).sum().backward()\n"
+             "print('ok')")
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "ALEXNET_LRN_KERNEL": "fused"}
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert res.stdout.strip() == "ok", res.stderr[-2000:]
+    assert "CUDA_HOME" not in res.stderr and "Warning" not in res.stderr, res.stderr[-2000:]
