@@ -3,8 +3,10 @@ runs link that run_ablation.py printed, loaded in headless Chromium, shows the g
 (the model-training view, not the GenAI overview)."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +31,7 @@ def server(smoke_store):
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                              "--default-artifact-root", str(tmp / "artifacts"), "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         for _ in range(120):
             try:
@@ -40,9 +42,13 @@ def server(smoke_store):
         else:
             pytest.fail("mlflow server did not answer /health within 120 s")
         yield port, stderr
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    finally:   # the server and its workers: SIGTERM to the group, SIGKILL if it lingers
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 def render(url: str, tmp_path, *extra: str) -> str:
