@@ -71,9 +71,9 @@ def single(experiments: Experiments, keys: dict, profile: str | None, seed: int 
     """(experiments holding one grid of one variant, profile name, seed), every key checked."""
     keys = dict(keys)
     profile = profile or keys.pop("profile", None) or "demo"
+    file_seed = keys.pop("seed", 0)
     keys.pop("profile", None)
-    seed = seed if seed is not None else keys.pop("seed", 0)
-    keys.pop("seed", None)
+    seed = file_seed if seed is None else seed
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
     base = experiments.profile(profile)
@@ -86,11 +86,9 @@ def single(experiments: Experiments, keys: dict, profile: str | None, seed: int 
         raise ConfigError(f"unknown key(s) {sorted(unknown)}; toggles: {', '.join(REGISTRY)}; "
                           f"profile fields: {', '.join(sorted(fields))} (profile.momentum for the SGD momentum)")
     make_toggles({**as_dict(experiments.baseline), **toggles}, "the run's toggles")
-    name = profile
-    if changes:
-        _typed(Profile, changes, "the run's profile fields")
-        name = profile + "+" + ",".join(f"{k}={v}" for k, v in sorted(changes.items()))
-    prof = dataclasses.replace(base, name=name, **_typed(Profile, changes, "the run's profile fields"))
+    typed = _typed(Profile, changes, "the run's profile fields")
+    name = profile + ("+" + ",".join(f"{k}={v}" for k, v in sorted(changes.items())) if changes else "")
+    prof = dataclasses.replace(base, name=name, **typed)
     variant = ",".join(f"{k}={v}" for k, v in toggles.items()) or "baseline"
     grids = {GRID: {"base": toggles, "base_name": variant}}
     return dataclasses.replace(experiments, profiles={name: prof}, grids=grids), name, seed
