@@ -13,9 +13,12 @@ Exit code 2 on bad input (unknown grid/profile/toggle, bad YAML, missing or brok
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
+import subprocess
 import sys
+import time
 
 from ablations.grids import expand
 from core.config import REPO, ConfigError, load_experiments
@@ -52,6 +55,15 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", default=str(REPO / "experiments.yaml"), help="experiments file")
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     ap.add_argument("--rerun", action="store_true", help="train cells even if a FINISHED run has their config_hash")
+    ap.add_argument("--checkpoint-dir", help="per-cell checkpoints and the locks that mark cells in training "
+                    "(default: checkpoints/ beside a SQLite store, else ./checkpoints); share it between machines")
+    ap.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                    help="write a cell's checkpoint every N epochs (default 1; 0: never)")
+    ap.add_argument("--storage", metavar="URL",
+                    help="pull the cells from a queue shared by any number of runners: an Optuna RDB storage "
+                         "(postgresql://user@host:port/db for many machines, sqlite:///queue.db for one)")
+    ap.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="start N runners here, the CPU threads split between them (default 1)")
     ap.add_argument("--no-system-metrics", action="store_true", help="do not log MLflow system metrics")
     ap.add_argument("--list", action="store_true", help="print the toggles, grids and profiles, then exit")
     return ap
@@ -67,6 +79,35 @@ def show(experiments) -> None:
     print("grids:")
     for g, spec in experiments.grids.items():
         print(f"  {g:15s} {len(expand(experiments, g)):3d} variants  {spec.get('description', '')}")
+
+
+def spawn_workers(n: int) -> int:
+    """This command n times over, minus --workers, as child processes (the data cache is built and
+    the store exists by now); Ctrl-C or SIGTERM stops them all. Each takes its share of the CPUs."""
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip or a.startswith("--workers="):
+            skip = False
+            continue
+        if a == "--workers":
+            skip = True
+            continue
+        argv.append(a)
+    procs = []
+    try:
+        for k in range(n):
+            procs.append(subprocess.Popen([sys.executable, str(REPO / "run_ablation.py"), *argv],
+                                          env={**os.environ, "ALEXNET_WORKER": str(k)}))
+            time.sleep(1.0)   # staggered: each claims its first cell before the next starts
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait()
+        raise
+    print(f"workers: {n} finished with exit codes {codes}", file=sys.stderr)
+    return max(codes)
 
 
 def _interrupt(signum, frame):
@@ -109,26 +150,41 @@ def run(args, experiments) -> int:
             raise ConfigError(f"--grid is required; choices: {', '.join(experiments.grids)}")
         experiments.profile(args.profile)
         expand(experiments, args.grid)              # the grid and its toggles, before torch is imported
+        if args.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+        if args.storage:
+            from ablations.queue import storage_url
+            storage_url(args.storage)   # its form, before torch is imported
+        if args.checkpoint_every < 0:
+            raise ConfigError(f"--checkpoint-every must be 0 (never) or more, got {args.checkpoint_every}")
         if args.seeds < 1 or args.first_seed < 0:
             raise ConfigError(f"--seeds must be at least 1 and --first-seed at least 0 "
                               f"(got {args.seeds}, {args.first_seed})")
-        from ablations.runner import load_data, plan
+        from ablations.runner import check_writable, default_checkpoint_dir, load_data, plan
+        from core.tracking import resolve_uri
+        check_writable(args.checkpoint_dir or default_checkpoint_dir(resolve_uri(args.tracking_uri) or "sqlite:///mlflow.db"),
+                       "--checkpoint-dir")
         from core import runtime
         from core.data import DataError
         try:
             runtime.check_environment()
             check_device(args.device)
             cells = plan(experiments, args.grid, args.profile, args.seeds, args.device, first_seed=args.first_seed)
+            if args.storage:
+                from ablations.queue import open_storage
+                open_storage(args.storage)   # an unreachable queue fails here, before any run is made
+            from core.tracking import MlflowTracker   # an unusable store fails here, before any decoding
+            tracker = MlflowTracker(args.experiment, args.tracking_uri, system_metrics=not args.no_system_metrics)
             data = load_data(cells[0].config.profile, args.data_root, args.cache_dir)
         except DataError as err:
             raise ConfigError(str(err)) from None
     except ConfigError as err:
         print(f"\nerror: {err}", file=sys.stderr)   # on its own line, after any progress bar
         return 2
+    if args.workers > 1:
+        return spawn_workers(args.workers)
     from ablations.runner import run_grid
     from core.engine import resolve_device
-    from core.tracking import MlflowTracker
-    tracker = MlflowTracker(args.experiment, args.tracking_uri, system_metrics=not args.no_system_metrics)
     prof = cells[0].config.profile
     print(f"{args.grid}: {len(cells)} cells on profile {args.profile}, {resolve_device(args.device)}, precision "
           f"{prof.precision}{' (auto)' if experiments.profile(args.profile).precision == 'auto' else ''}, "
@@ -136,11 +192,17 @@ def run(args, experiments) -> int:
           f"from {data.train.root}); MLflow {tracker.uri}, experiment {args.experiment!r}", file=sys.stderr)
     out = run_grid(experiments, args.grid, args.profile, args.seeds, tracker, data, rerun=args.rerun,
                    device=args.device, command=getattr(args, "command", None) or shlex.join(["python", *sys.argv]),
-                   first_seed=args.first_seed)
+                   first_seed=args.first_seed, checkpoint_dir=args.checkpoint_dir,
+                   checkpoint_every=args.checkpoint_every, storage=args.storage, experiment=args.experiment,
+                   progress=os.environ.get("ALEXNET_WORKER") is None)
     ui = "" if tracker.uri.startswith("http") else f"  (after: mlflow ui --backend-store-uri {tracker.uri})"
-    print(f"done: {len(out.ran)} trained, {len(out.skipped)} already finished (skipped)\n"
+    finished = [r.run_id for r in tracker.records(args.grid) if r.status == "FINISHED" and r.tags.get("role") == "cell"]
+    print(f"done: {len(out.ran)} trained ({len(out.resumed)} resumed from a checkpoint), "
+          f"{len(out.skipped)} already finished (skipped)"
+          + (f", {len(out.busy)} being trained by another process (left to it)" if out.busy else "") + "\n"
           f"runs:   {tracker.run_url()}{ui}\n"
           + (f"parent: {tracker.run_url(out.parent_id)}\n" if out.parent_id else "")
+          + (f"curves: {tracker.curves_url(finished)}\n" if finished else "")
           + f"report: python report.py --grid {args.grid} --profile {args.profile}"
           + (f" --experiment {args.experiment}" if args.experiment != DEFAULT_EXPERIMENT else "")
           + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""), file=sys.stderr)

@@ -111,7 +111,8 @@ def header(g: GridRuns, tracker, command: str) -> str:
              f"- **Cells**: {len(g.cells)} finished cells used, first started {started:%Y-%m-%d %H:%M} UTC"
              + (f"; the grid's launch planned {expected} cells" if expected else ""),
              f"- **MLflow**: `{tracker.uri}`, experiment `{tracker.experiment}` "
-             f"([runs table]({tracker.run_url()})); run ids of every number at the end",
+             f"([runs table]({tracker.run_url()}), [every cell's validation curve]"
+             f"({tracker.curves_url(list(g.cells['run_id']))})); run ids of every number at the end",
              f"- **Report generated** {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"]
     incomplete = []
     if g.missing:

@@ -1,12 +1,15 @@
 """Run a grid: validate everything, prepare the data once, then train every (variant, seed) cell
 under one MLflow parent run. Cells whose config_hash already has a FINISHED run in the experiment
-are skipped (resume after an interruption by running the same command again).
+are skipped; an interrupted cell continues from its newest checkpoint into its own run (resume
+after any interruption by running the same command again).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core import outcomes, runtime
+from core.checkpoint import Busy, Checkpoints, is_locked, locked
 from core.config import REPO, ConfigError, Experiments, Profile, RunConfig
 from core.data import load_split, resolve_root, train_stats
 from core.engine import Data, resolve_device, train
@@ -37,6 +41,8 @@ class GridOutcome:
     parent_id: str = ""
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)   # of `ran`: continued from a checkpoint
+    busy: list[str] = field(default_factory=list)      # being trained by another live process
 
 
 def plan(experiments: Experiments, grid: str, profile: str, seeds: int, device: str | None = None,
@@ -96,42 +102,160 @@ def child_params(cfg: RunConfig, data: Data) -> dict:
     return params
 
 
+def default_checkpoint_dir(tracking_uri: str) -> Path:
+    """Beside a SQLite store (`<store folder>/checkpoints`), else `./checkpoints`."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "checkpoints"
+    return Path("checkpoints").resolve()
+
+
+def check_writable(folder: Path | str, option: str) -> None:
+    """ConfigError naming `option` unless `folder` can be created and written."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ConfigError(f"cannot write to {folder} ({err.strerror}); pass {option} with a writable folder") from None
+
+
+def take_over_parents(tracker, grid: str, locks: Path) -> list[str]:
+    """End as KILLED the grid's parent runs left RUNNING by a process that died (no live process
+    holds their lock)."""
+    dead = [r.run_id for r in tracker.records(grid)
+            if r.tags.get("role") == "grid" and r.status == "RUNNING" and not is_locked(locks / f"{r.run_id}.lock")]
+    for run_id in dead:
+        tracker.end(run_id, "KILLED", {"ended_by": "a later runner: the process that ran it had died"})
+    return dead
+
+
+def resumable(tracker, grid: str, config_hash: str, commit: str, locks: Path):
+    """The run to continue for a cell: its newest KILLED or ownerless RUNNING run made by this
+    commit (None: start a new run). Other ownerless RUNNING runs of the cell are ended KILLED."""
+    runs = sorted((r for r in tracker.records(grid) if r.tags.get("config_hash") == config_hash
+                   and r.tags.get("role") == "cell" and r.status in ("RUNNING", "KILLED")),
+                  key=lambda r: r.start_ms or 0)
+    chosen = next((r for r in reversed(runs) if r.tags.get("git_commit") == commit), None)
+    for r in runs:
+        if r is not chosen and r.status == "RUNNING":
+            tracker.end(r.run_id, "KILLED", {"ended_by": "a later runner: the process that ran it had died"})
+    return chosen
+
+
+class LocalCells:
+    """The cells one runner trains in order (the same interface as ablations.queue.CellQueue)."""
+
+    def __init__(self, cells: list[Cell]):
+        self.todo = list(cells)
+
+    def pending(self) -> bool:
+        return bool(self.todo)
+
+    def next(self, attrs=None):
+        return self.todo.pop(0) if self.todo else None
+
+    def finish(self, value):
+        pass
+
+    def release(self):
+        pass
+
+
 def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, tracker, data: Data,
              rerun: bool = False, progress: bool = True, device: str | None = None,
-             command: str = "", first_seed: int = 0) -> GridOutcome:
+             command: str = "", first_seed: int = 0, checkpoint_dir: Path | str | None = None,
+             checkpoint_every: int = 1, storage: str | None = None, experiment: str = "") -> GridOutcome:
+    """Train the grid's cells that have no FINISHED run. Each cell is claimed with a lock in
+    `checkpoint_dir` (a cell a live process is training is left to it), checkpointed every
+    `checkpoint_every` epochs (0: never), and an interrupted cell (KILLED, or RUNNING with no
+    live owner) made by the same commit is resumed from its newest checkpoint into its own run.
+    storage: an Optuna RDB URL; the cells are pulled from the shared queue there (any number of
+    runners, on any machines) instead of trained in order."""
     cells = plan(experiments, grid, profile, seeds, device, data, first_seed)
     done = set() if rerun else tracker.finished_hashes(grid)
     todo = [c for c in cells if c.config.hash() not in done]
     out = GridOutcome(skipped=[c.name for c in cells if c not in todo])
-    if not todo:
+    root = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(tracker.uri)
+    locks = root / "parents"
+    commit = git_commit()
+    if storage:
+        from .queue import CellQueue, study_name
+        source = CellQueue(storage, study_name(experiment or tracker.experiment, grid, profile,
+                                                [c.config.hash() for c in cells]), todo,
+                           on_dead_trial=lambda attrs: end_dead_parent(tracker, grid, attrs.get("parent_run_id")))
+    else:
+        take_over_parents(tracker, grid, locks)
+        source = LocalCells(todo)
+    if not todo or not source.pending():
         return out   # nothing left to train: no empty parent run
-    total_epochs = sum(c.config.epochs for c in todo)
-    bar = tqdm(total=total_epochs, unit="epoch", desc=f"{grid}/{profile}", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
-    parent_tags = {"grid": grid, "profile": profile, "seeds": seeds, "git_commit": git_commit(),
+    bar = tqdm(total=None if storage else sum(c.config.epochs for c in todo), unit="epoch",
+               desc=f"{grid}/{profile}", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    parent_tags = {"grid": grid, "profile": profile, "seeds": seeds, "git_commit": commit,
                    "precision": cells[0].config.profile.precision,
                    "cells": len(cells), "skipped": len(out.skipped), "role": "grid", "command": command}
-    with tracker.parent(f"{grid}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}", parent_tags,
-                        {"grid": grid, "profile": profile, "seeds": seeds}) as parent:
+    with contextlib.ExitStack() as stack:
+        parent = stack.enter_context(tracker.parent(f"{grid}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                                    parent_tags, {"grid": grid, "profile": profile, "seeds": seeds}))
+        stack.enter_context(locked(locks / f"{parent.run_id}.lock"))
+        stack.callback((locks / f"{parent.run_id}.lock").unlink, missing_ok=True)   # before the lock is released
         out.parent_id = parent.run_id
         parent.log_dict({"grid": grid, "profile": profile, "seeds": seeds,
                          "cells": [{"name": c.name, "config_hash": c.config.hash(), **c.config.resolved()}
                                    for c in cells]}, "grid.yaml")
-        for cell in todo:
+        while (cell := source.next({"parent_run_id": parent.run_id})) is not None:
             cfg = cell.config
             bar.set_postfix_str(cell.name)
-            tags = {"grid": grid, "variant": cell.variant.name, "config_hash": cfg.hash(),
-                    "base_variant": cells[0].variant.name, "seed": cfg.seed,
-                    "profile": profile, "git_commit": parent_tags["git_commit"], "role": "cell",
-                    "precision": cfg.profile.precision,
-                    "flipped": ",".join(f"{k}={v}" for k, v in differences(cfg.toggles).items()) or "none"}
-            dataset = {"name": f"{cfg.profile.dataset}-{cfg.profile.prep_size}px",
-                       "digest": data.train.digest, "source": data.train.root}
-            params = {**child_params(cfg, data), "device": str(resolve_device(device)), "cpu": runtime.cpu_kind()}
-            with tracker.child(cell.name, params, tags, dataset) as run:
-                run.log_dict(cfg.resolved(), "config.yaml")
-                result = train(cfg, data, run, on_epoch=lambda e, m: bar.update(1), device=device)
-                bar.update(cfg.epochs - result.epochs_run)
-            out.ran.append(cell.name)
+            ckpt = Checkpoints(root / cfg.hash(), checkpoint_every)
+            result = None
+            try:
+                with ckpt.claim():
+                    if not rerun and cfg.hash() in tracker.finished_hashes(grid):   # finished meanwhile
+                        out.skipped.append(cell.name)
+                    else:
+                        prior = None if rerun else resumable(tracker, grid, cfg.hash(), commit, locks)
+                        if prior is None:
+                            ckpt.clear()   # never continue a checkpoint that no run of this commit owns
+                        result = train_cell(grid, cell, cells[0].variant.name, profile, commit, tracker, data,
+                                            device, ckpt, prior.run_id if prior else None, bar)
+                        ckpt.finish()
+            except Busy:
+                out.busy.append(cell.name)
+                bar.update(cfg.epochs)
+                source.release()
+                continue
+            except BaseException:
+                source.release()   # the queue gives the cell to another runner
+                raise
+            source.finish(result.metrics.get("val10_top1_err") if result else None)
+            if result:
+                out.ran.append(cell.name)
+                if result.resumed_from:
+                    out.resumed.append(cell.name)
     bar.close()
     return out
+
+
+def end_dead_parent(tracker, grid: str, run_id: str | None) -> None:
+    """A queue worker died: end its parent run if it is still RUNNING."""
+    if run_id and any(r.run_id == run_id and r.status == "RUNNING" for r in tracker.records(grid)):
+        tracker.end(run_id, "KILLED", {"ended_by": "a later runner: the process that ran it had died"})
+
+
+def train_cell(grid: str, cell: Cell, base: str, profile: str, commit: str, tracker, data: Data, device,
+               ckpt: Checkpoints, resume: str | None, bar):
+    """One cell into its own MLflow run: a new one, or `resume`, the run it continues."""
+    cfg = cell.config
+    tags = {"grid": grid, "variant": cell.variant.name, "config_hash": cfg.hash(), "base_variant": base,
+            "seed": cfg.seed, "profile": profile, "git_commit": commit, "role": "cell",
+            "precision": cfg.profile.precision,
+            "flipped": ",".join(f"{k}={v}" for k, v in differences(cfg.toggles).items()) or "none"}
+    dataset = {"name": f"{cfg.profile.dataset}-{cfg.profile.prep_size}px",
+               "digest": data.train.digest, "source": data.train.root}
+    params = {**child_params(cfg, data), "device": str(resolve_device(device)), "cpu": runtime.cpu_kind()}
+    with tracker.child(cell.name, params, tags, dataset, resume=resume) as run:
+        if not resume:
+            run.log_dict(cfg.resolved(), "config.yaml")
+        result = train(cfg, data, run, on_epoch=lambda e, m: bar.update(1), device=device, checkpoints=ckpt)
+        bar.update(cfg.epochs - result.epochs_run + result.resumed_from)
+    return result

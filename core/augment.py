@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import Stats
+from .toggles import Toggles
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)   # for input_scale=unit_std (torchvision's constants)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,8 +57,9 @@ class Pipeline:
     """Turns uint8 (B, 3, P, P) batches into normalised float (B, 3, S, S) network inputs, on
     whatever device the batch and the pipeline live on (`to(device)`)."""
 
-    def __init__(self, stats: Stats, crop_size: int, pca: str, crop: str, input_scale: str):
-        self.crop_size, self.pca, self.crop, self.input_scale = crop_size, pca, crop, input_scale
+    def __init__(self, stats: Stats, crop_size: int, toggles: Toggles):
+        # the data toggles (registry entries that touch "data") are read here and nowhere else
+        self.crop_size, self.pca, self.crop, self.input_scale = crop_size, toggles.pca, toggles.crop, toggles.input_scale
         self.mean_image = torch.from_numpy(stats.mean_image)                    # (3, P, P), 0..255
         # lighting direction per unit alpha: eigvec @ diag(eigval), in 0..255 units
         self.lighting = torch.from_numpy(stats.eigvec * stats.eigval[None, :] * 255.0).float()  # (3, 3)

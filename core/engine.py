@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from .augment import Pipeline, draw_epoch
+from .checkpoint import Checkpoints, rng_state, set_rng_state
 from .config import RunConfig
 from .data import Split, Stats
 from . import outcomes, runtime
-from .model import LRN_ALPHA, AlexNet, Arch, init_weights
+from .model import AlexNet, Arch, init_weights
 from .schedule import Schedule, build_optimizer
 
 
@@ -36,29 +37,28 @@ class Result:
     outcome: str                  # core.outcomes.OUTCOMES
     epochs_run: int
     wall_s: float
+    resumed_from: int = 0         # the checkpoint's epoch this call started after (0: from scratch)
 
 
 def arch_for(cfg: RunConfig, num_classes: int | None = None) -> Arch:
     """num_classes: from the data (default: the profile's dataset, 10 or 1000)."""
-    p, t = cfg.profile, cfg.toggles
+    p = cfg.profile
     return Arch(num_classes=num_classes or p.num_classes, image_size=p.image_size, width=p.width, stem=p.stem,
-                lrn=t.lrn, lrn_alpha=LRN_ALPHA[t.lrn_alpha], overlap_pool=t.overlap_pool,
-                groups=t.groups, dropout=t.dropout, final_relu=t.final_relu)
+                toggles=cfg.toggles)
 
 
 def build_model(cfg: RunConfig, num_classes: int | None = None) -> AlexNet:
     """Seeded so that seed k gives the same initial weights to every variant of one architecture."""
     torch.manual_seed(cfg.seed)
     model = AlexNet(arch_for(cfg, num_classes))
-    init_weights(model, cfg.toggles.init, output_bias=1.0 if cfg.toggles.output_bias == "seed" else 0.0)
+    init_weights(model)
     if cfg.profile.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
 def build_pipeline(cfg: RunConfig, stats: Stats) -> Pipeline:
-    t = cfg.toggles
-    return Pipeline(stats, cfg.profile.image_size, pca=t.pca, crop=t.crop, input_scale=t.input_scale)
+    return Pipeline(stats, cfg.profile.image_size, cfg.toggles)
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -149,8 +149,12 @@ def evaluate(model, pipeline: Pipeline, split: Split, batch_size: int, ten_crop:
     return {f"{prefix}_top1_err": wrong1.item() / n, f"{prefix}_top5_err": wrong5.item() / n}
 
 
-def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = None) -> Result:
-    """Train one configuration; `run` is a tracking RunLog; on_epoch(epoch, metrics) for progress."""
+def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = None,
+          checkpoints: Checkpoints | None = None) -> Result:
+    """Train one configuration; `run` is a tracking RunLog; on_epoch(epoch, metrics) for progress.
+    With `checkpoints`, a checkpoint is written after each due epoch, and training continues from
+    the newest one there: with the same code on a CPU, a resumed cell ends exactly as an
+    uninterrupted one."""
     runtime.configure()   # threads, malloc
     p, t = cfg.profile, cfg.toggles
     dev = resolve_device(device)
@@ -162,13 +166,21 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         data = Data(on_device(data.train, dev), on_device(data.val, dev), data.stats)
-    optimizer = build_optimizer(model, p.lr, p.momentum, p.weight_decay, t.momentum, t.bias_decay)
-    schedule = Schedule(optimizer, t.lr_schedule, p.lr, cfg.patience)
+    optimizer = build_optimizer(model, p.lr, p.momentum, p.weight_decay, t)
+    schedule = Schedule(optimizer, t, p.lr, cfg.patience)
     net = torch.compile(model) if p.compile else model   # shares model's parameters
     start_wall = time.perf_counter()
     metrics: dict[str, float] = {}
-    diverged, epoch, val_top1 = False, 0, []
-    for epoch in range(1, cfg.epochs + 1):
+    diverged, epoch, val_top1, wall_before = False, 0, [], 0.0
+    saved = checkpoints.latest() if checkpoints else None
+    resumed_from = saved["epoch"] if saved else 0
+    if saved:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.scheduler.load_state_dict(saved["schedule"])
+        set_rng_state(saved["rng"])
+        epoch, val_top1, metrics, wall_before = saved["epoch"], list(saved["val_top1"]), dict(saved["metrics"]), saved["wall_s"]
+    for epoch in range(epoch + 1, cfg.epochs + 1):
         runtime.set_threads()   # this process's share of the CPUs, as other runs start and stop
         lr = schedule.lr
         t0 = time.perf_counter()
@@ -186,19 +198,24 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
         metrics.update(train_loss=loss, lr=lr, epoch_time_s=epoch_s, images_per_s=seen / train_s)
         run.log_metrics(metrics, step=epoch)    # one batched call per epoch
         schedule.step(metrics)
+        if checkpoints and checkpoints.due(epoch):
+            checkpoints.save(epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "schedule": schedule.scheduler.state_dict(), "rng": rng_state(),
+                                     "val_top1": val_top1, "metrics": metrics,
+                                     "wall_s": wall_before + time.perf_counter() - start_wall})
         if on_epoch:
             on_epoch(epoch, metrics)
     if not diverged:
         metrics.update(evaluate(net, pipeline, data.val, p.eval_batch_size, ten_crop=True,
                                 average=t.tta_average, channels_last=p.channels_last, precision=precision))
         run.log_metrics({k: metrics[k] for k in ("val10_top1_err", "val10_top5_err")}, step=epoch)
-    wall = time.perf_counter() - start_wall
+    wall = wall_before + time.perf_counter() - start_wall
     outcome = outcomes.outcome(val_top1, num_classes, p.epoch_scale, diverged)
     run.set_tags({"outcome": outcome})
     run.log_metrics({"wall_time_s": wall, "epochs_at_chance": outcomes.epochs_at_chance(val_top1, num_classes)},
                     step=epoch)
     run.log_state_dict(bundle(cfg, model, data), "model/weights.pt")
-    return Result(metrics, outcome, epoch, wall)
+    return Result(metrics, outcome, epoch, wall, resumed_from)
 
 
 BUNDLE_FORMAT = "alexnet-ablation-model/1"

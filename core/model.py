@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .lrn import LRN
+from .toggles import Toggles
 
 CONV_CHANNELS = (96, 256, 384, 384, 256)   # §3.5
 FC_UNITS = 4096                             # §3.5
@@ -27,17 +28,13 @@ LRN_ALPHA = {"paper": 1e-4, "seed": 2e-4}
 
 @dataclass(frozen=True)
 class Arch:
-    """What the network builder needs; derived from a profile and the toggles."""
+    """What the network builder needs: the profile's geometry and the run's toggles. The model
+    toggles (registry entries that touch "model") are read here and nowhere else."""
     num_classes: int = 1000
     image_size: int = 224
     width: float = 1.0
     stem: tuple[int, int, int] = PAPER_STEM
-    lrn: bool = True
-    lrn_alpha: float = 1e-4
-    overlap_pool: bool = True
-    groups: int = 2
-    dropout: str = "paper"       # "paper": outputs of fc6/fc7; "seed": inputs of fc6/fc7
-    final_relu: bool = False
+    toggles: Toggles = Toggles()
 
     def channels(self) -> tuple[int, ...]:
         # round to a multiple of 2 so two towers always split evenly
@@ -49,7 +46,7 @@ class Arch:
     def feature_sizes(self) -> list[int]:
         """Spatial size after conv1, pool1, pool2 and pool3."""
         k, s, p = self.stem
-        z = 3 if self.overlap_pool else 2
+        z = 3 if self.toggles.overlap_pool else 2
         pool = lambda n: (n - z) // 2 + 1
         c1 = (self.image_size + 2 * p - k) // s + 1
         p1 = pool(c1)
@@ -71,9 +68,10 @@ class AlexNet(nn.Module):
         self.arch = arch
         c1, c2, c3, c4, c5 = arch.channels()
         k, s, p = arch.stem
-        g = arch.groups
-        z = 3 if arch.overlap_pool else 2
-        norm = (lambda: LRN(5, arch.lrn_alpha, 0.75, 2.0)) if arch.lrn else nn.Identity
+        t = arch.toggles
+        g = t.groups
+        z = 3 if t.overlap_pool else 2
+        norm = (lambda: LRN(5, LRN_ALPHA[t.lrn_alpha], 0.75, 2.0)) if t.lrn else nn.Identity
         self.features = nn.Sequential(
             nn.Conv2d(3, c1, k, s, p), nn.ReLU(inplace=True), norm(), nn.MaxPool2d(z, 2),
             nn.Conv2d(c1, c2, 5, 1, 2, groups=g), nn.ReLU(inplace=True), norm(), nn.MaxPool2d(z, 2),
@@ -83,13 +81,13 @@ class AlexNet(nn.Module):
         )
         final = arch.feature_sizes()[3]
         fc = arch.fc_units()
-        if arch.dropout == "paper":   # §4.2: outputs of fc6 and fc7
+        if t.dropout == "paper":   # §4.2: outputs of fc6 and fc7
             head = [nn.Linear(c5 * final * final, fc), nn.ReLU(inplace=True), nn.Dropout(0.5),
                     nn.Linear(fc, fc), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(fc, arch.num_classes)]
         else:                         # seed / torchvision: inputs of fc6 and fc7
             head = [nn.Dropout(0.5), nn.Linear(c5 * final * final, fc), nn.ReLU(inplace=True),
                     nn.Dropout(0.5), nn.Linear(fc, fc), nn.ReLU(inplace=True), nn.Linear(fc, arch.num_classes)]
-        if arch.final_relu:           # the seed's ReLU on the logits
+        if t.final_relu:           # the seed's ReLU on the logits
             head.append(nn.ReLU())
         self.classifier = nn.Sequential(*head)
 
@@ -106,7 +104,7 @@ class AlexNet(nn.Module):
 def fan_ins(arch: Arch) -> list[int]:
     """Fan-in of conv1..conv5, fc6..fc8 (inputs seen by one output unit)."""
     c1, c2, c3, c4, c5 = arch.channels()
-    k, g, final = arch.stem[0], arch.groups, arch.feature_sizes()[3]
+    k, g, final = arch.stem[0], arch.toggles.groups, arch.feature_sizes()[3]
     fc = arch.fc_units()
     return [3 * k * k, c1 // g * 25, c2 * 9, c3 // g * 9, c4 // g * 9, c5 * final * final, fc, fc]
 
@@ -121,10 +119,13 @@ def paper_stds(arch: Arch, literal: bool = False) -> list[float]:
     return [INIT_STD * math.sqrt(f / a) for f, a in zip(fan_ins(full), fan_ins(arch))]
 
 
-def init_weights(model: AlexNet, mode: str, output_bias: float = 0.0) -> None:
-    """§5: weights N(0, s); biases 1 in conv2, conv4, conv5 and the hidden fc layers, 0 elsewhere
-    (the output layer's bias is `output_bias`: 0 in the paper, 1 in the seed's variant).
-    mode: "paper" (scaled s), "paper_literal" (s = 0.01), "pytorch" (PyTorch's default; untouched)."""
+def init_weights(model: AlexNet) -> None:
+    """§5, toggles `init` and `output_bias`: weights N(0, s); biases 1 in conv2, conv4, conv5 and
+    the hidden fc layers, 0 elsewhere (the output layer's bias: 0 in the paper, 1 in the seed's
+    variant). init: "paper" (scaled s), "paper_literal" (s = 0.01), "pytorch" (PyTorch's default;
+    untouched)."""
+    mode = model.arch.toggles.init
+    output_bias = 1.0 if model.arch.toggles.output_bias == "seed" else 0.0
     if mode == "pytorch":
         return
     if mode not in ("paper", "paper_literal"):

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from .toggles import Toggles
+
 MAX_DROPS = 3   # §5: "reduced three times prior to termination"
 
 
@@ -60,8 +62,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float, bias_decay: bool) 
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, momentum: float, weight_decay: float,
-                    update: str = "paper", bias_decay: bool = False) -> torch.optim.Optimizer:
-    groups = param_groups(model, weight_decay, bias_decay)
+                    toggles: Toggles = Toggles()) -> torch.optim.Optimizer:
+    """The optimizer toggles (registry entries that touch "optimizer") are read here only."""
+    update = toggles.momentum
+    groups = param_groups(model, weight_decay, toggles.bias_decay)
     if update == "paper":
         return PaperSGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if update == "pytorch":
@@ -72,7 +76,8 @@ def build_optimizer(model: torch.nn.Module, lr: float, momentum: float, weight_d
 class Schedule:
     """Steps an lr scheduler once per epoch on the metric its toggle names."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, lr: float, patience: int):
+    def __init__(self, optimizer: torch.optim.Optimizer, toggles: Toggles, lr: float, patience: int):
+        kind = toggles.lr_schedule
         if kind == "paper":
             # min_lr caps the drops at three: after lr/1000 a further drop changes nothing.
             self.scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=patience,

@@ -3,12 +3,15 @@ use `MemoryTracker`. Names logged here are the contract the UI and report.py rel
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
 import time
 import warnings
 import tempfile
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -50,14 +53,17 @@ class RunLog(Protocol):
 class Tracker(Protocol):
     def parent(self, name: str, tags: dict[str, Any], params: dict[str, Any]) -> contextlib.AbstractContextManager[RunLog]: ...
     def child(self, name: str, params: dict[str, Any], tags: dict[str, Any],
-              dataset: dict[str, str] | None = None) -> contextlib.AbstractContextManager[RunLog]: ...
+              dataset: dict[str, str] | None = None, resume: str | None = None
+              ) -> contextlib.AbstractContextManager[RunLog]: ...
     def finished_hashes(self, grid: str) -> set[str]: ...
+    def end(self, run_id: str, status: str = "KILLED", tags: dict[str, Any] | None = None) -> None: ...
     # the read side (report.py): every run of a grid, a metric's history, links
     uri: str
     experiment: str
     def records(self, grid: str) -> list[RunRecord]: ...
     def history(self, run_id: str, key: str) -> list[tuple[int, float]]: ...
     def run_url(self, run_id: str | None = None) -> str: ...
+    def curves_url(self, run_ids: list[str], metric: str = "val_top1_err") -> str: ...
 
 
 def resolve_uri(uri: str | None) -> str | None:
@@ -95,7 +101,50 @@ def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str:
     return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
+def curves_url(uri: str, experiment_id: str, run_ids: list[str], metric: str = "val_top1_err") -> str:
+    """The MLflow UI's metric page: one metric's per-epoch curves of the given runs side by side."""
+    base = ui_url(uri, experiment_id).split("/#/")[0]
+    query = urllib.parse.urlencode({"runs": json.dumps(list(run_ids)), "metric": json.dumps(metric),
+                                    "experiments": json.dumps([str(experiment_id)]),
+                                    "plot_metric_keys": json.dumps([metric]), "x_axis": "step"},
+                                   quote_via=urllib.parse.quote)
+    return f"{base}/#/metric?{query}"
+
+
 # ----------------------------------------------------------------------------------------------- MLflow
+def prepare_store(uri: str) -> None:
+    """Fail within seconds, with one line, on a store that cannot be used; create a new SQLite
+    store whole or not at all (its tables are made in a temporary file renamed into place, so an
+    interrupt never leaves a half-made store)."""
+    import mlflow
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).read()
+        except OSError as err:
+            raise TrackingError(f"no MLflow server answers at {uri} ({getattr(err, 'reason', err)}); start it "
+                                f"(mlflow server --host ... --port ...) or pass another --tracking-uri") from None
+        return
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.is_file():
+        if not os.access(path, os.R_OK | os.W_OK) or not os.access(path.parent, os.W_OK):
+            raise TrackingError(f"the MLflow store {path} is not writable here; pass a --tracking-uri you can write")
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mlflow.MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)   # creates the tables
+        os.link(tmp, path)       # never replaces a store another process created meanwhile
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise TrackingError(f"cannot create an MLflow store at {path} ({err.strerror}); "
+                            f"pass a --tracking-uri in a folder you can write") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -118,13 +167,17 @@ def _signals_held():
 
 
 class _MlflowRun:
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
+    def __init__(self, client, run_id: str, logged: dict[str, int] | None = None):
+        """logged: the last step of each metric already in the run (a resumed run): those steps
+        are not logged again, so a resumed run's history has no duplicated step."""
+        self.client, self.run_id, self.logged = client, run_id, logged or {}
 
     def log_metrics(self, metrics, step=None):
         from mlflow.entities import Metric
-        ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step or 0) for k, v in metrics.items()])
+        ts, step = int(time.time() * 1000), step or 0
+        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items() if step > self.logged.get(k, -1)]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
 
     def set_tags(self, tags):
         from mlflow.entities import RunTag
@@ -153,7 +206,17 @@ class MlflowTracker:
         if self.uri:
             mlflow.set_tracking_uri(self.uri)
         self.uri = mlflow.get_tracking_uri()
+        prepare_store(self.uri)
         self.experiment = experiment
+        found = mlflow.MlflowClient().get_experiment_by_name(experiment)
+        if found is None and self.uri.startswith("sqlite:///"):   # artifacts beside the store, not in ./mlruns
+            artifacts = Path(self.uri[len("sqlite:///"):]).resolve().parent / "mlartifacts"
+            try:
+                with _signals_held():
+                    mlflow.MlflowClient().create_experiment(experiment, artifact_location=artifacts.as_uri())
+            except mlflow.exceptions.MlflowException:
+                if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:   # not a concurrent create
+                    raise
         self.experiment_id = mlflow.set_experiment(experiment).experiment_id
         # open the experiment on its runs table, not the GenAI traces overview
         mlflow.MlflowClient().set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")
@@ -178,6 +241,9 @@ class MlflowTracker:
     def run_url(self, run_id: str | None = None) -> str:
         return ui_url(self.uri, self.experiment_id, run_id)
 
+    def curves_url(self, run_ids: list[str], metric: str = "val_top1_err") -> str:
+        return curves_url(self.uri, self.experiment_id, run_ids, metric)
+
     def records(self, grid: str) -> list[RunRecord]:
         """Every run of `grid` in the experiment (cells and parents, any status)."""
         from mlflow.entities import ViewType
@@ -194,21 +260,34 @@ class MlflowTracker:
                 return out
 
     @contextlib.contextmanager
-    def _run(self, name, params, tags, nested: bool) -> Iterator[_MlflowRun]:
+    def _run(self, name, params, tags, nested: bool, resume: str | None = None) -> Iterator[_MlflowRun]:
         """A run that always ends with a status: FINISHED, KILLED (Ctrl-C / SIGTERM) or FAILED.
         Stop signals are held back while a run is being created or ended, so an interruption
-        never lands between the two and leaves a run RUNNING."""
+        never lands between the two and leaves a run RUNNING. resume: the id of an existing run
+        to continue (RUNNING again, under the current parent; params and steps already logged
+        are kept, not logged twice)."""
         import mlflow
+        tags = {k: str(v) for k, v in tags.items()}
+        logged = {}
+        if resume:
+            logged = {k: max((m.step for m in self.client.get_metric_history(resume, k)), default=-1)
+                      for k in self.client.get_run(resume).data.metrics}
+            if nested and self._parent_id:
+                tags["mlflow.parentRunId"] = self._parent_id
         with _signals_held():
-            active = mlflow.start_run(run_name=name, nested=nested, tags={k: str(v) for k, v in tags.items()},
-                                      parent_run_id=self._parent_id if nested else None,
-                                      experiment_id=self.experiment_id, log_system_metrics=self.system_metrics)
+            if resume:
+                active = mlflow.start_run(run_id=resume, nested=nested, tags=tags,
+                                          log_system_metrics=self.system_metrics)
+            else:
+                active = mlflow.start_run(run_name=name, nested=nested, tags=tags,
+                                          parent_run_id=self._parent_id if nested else None,
+                                          experiment_id=self.experiment_id, log_system_metrics=self.system_metrics)
             held = _hold_signals()          # keep holding until inside the try below
         try:
             _release_signals(held)          # a stop that arrived meanwhile is raised here, inside the try
-            if params:
+            if params and not resume:
                 mlflow.log_params({k: str(v) for k, v in params.items()})
-            yield _MlflowRun(self.client, active.info.run_id)
+            yield _MlflowRun(self.client, active.info.run_id, logged)
         except KeyboardInterrupt:
             with _signals_held():
                 mlflow.end_run("KILLED")
@@ -230,11 +309,17 @@ class MlflowTracker:
                 self._parent_id = None
 
     @contextlib.contextmanager
-    def child(self, name, params, tags, dataset=None):
-        with self._run(name, params, tags, nested=True) as run:
-            if dataset:
+    def child(self, name, params, tags, dataset=None, resume: str | None = None):
+        with self._run(name, params, tags, nested=True, resume=resume) as run:
+            if dataset and not resume:
                 self._log_dataset(dataset)
             yield run
+
+    def end(self, run_id: str, status: str = "KILLED", tags: dict[str, Any] | None = None) -> None:
+        """End a run another process left RUNNING (it died without ending it)."""
+        if tags:
+            _MlflowRun(self.client, run_id).set_tags(tags)
+        self.client.set_terminated(run_id, status)
 
     def _log_dataset(self, dataset: dict[str, str]) -> None:
         import mlflow
@@ -275,8 +360,9 @@ class MemoryRun:
     parent_id: str | None = None
 
     def log_metrics(self, metrics, step=None):
-        for k, v in metrics.items():
-            self.metrics.setdefault(k, []).append((step or 0, float(v)))
+        for k, v in metrics.items():   # like a resumed MLflow run: a step already logged is not logged again
+            if not self.metrics.get(k) or (step or 0) > self.metrics[k][-1][0]:
+                self.metrics.setdefault(k, []).append((step or 0, float(v)))
 
     def set_tags(self, tags):
         self.tags.update({k: str(v) for k, v in tags.items()})
@@ -307,11 +393,19 @@ class MemoryTracker:
     def run_url(self, run_id=None):
         return f"memory://{run_id or ''}"
 
+    def curves_url(self, run_ids, metric="val_top1_err"):
+        return f"memory://{metric}/{','.join(run_ids)}"
+
     @contextlib.contextmanager
-    def _run(self, name, params, tags):
-        run = MemoryRun(f"run{len(self.runs)}", name, {k: str(v) for k, v in params.items()},
-                        {k: str(v) for k, v in tags.items()}, parent_id=self._parent)
-        self.runs.append(run)
+    def _run(self, name, params, tags, resume=None):
+        if resume:
+            run = next(r for r in self.runs if r.run_id == resume)
+            run.status, run.parent_id = "RUNNING", self._parent or run.parent_id
+            run.tags.update({k: str(v) for k, v in tags.items()})
+        else:
+            run = MemoryRun(f"run{len(self.runs)}", name, {k: str(v) for k, v in params.items()},
+                            {k: str(v) for k, v in tags.items()}, parent_id=self._parent)
+            self.runs.append(run)
         try:
             yield run
         except KeyboardInterrupt:
@@ -331,8 +425,13 @@ class MemoryTracker:
             finally:
                 self._parent = None
 
-    def child(self, name, params, tags, dataset=None):
-        return self._run(name, params, tags)
+    def child(self, name, params, tags, dataset=None, resume=None):
+        return self._run(name, params, tags, resume)
+
+    def end(self, run_id, status="KILLED", tags=None):
+        run = next(r for r in self.runs if r.run_id == run_id)
+        run.status = status
+        run.tags.update({k: str(v) for k, v in (tags or {}).items()})
 
     def finished_hashes(self, grid):
         return {r.tags.get("config_hash") for r in self.runs

@@ -147,3 +147,49 @@ def smoke_store(tmp_path_factory):
               "--tracking-uri", uri, "--cache-dir", str(tmp / "cache"), "--data-root", str(SHARED))
     assert res.returncode == 0, res.stderr[-3000:]
     return uri, tmp, res.stderr
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL server on 127.0.0.1 and a free port, in a temporary data folder, run as an
+    unprivileged user (PostgreSQL refuses root); yields new_database() -> a fresh database's URL."""
+    import itertools
+    import os
+    import shutil
+    import psycopg
+    for tool in ("initdb", "pg_ctl"):
+        assert shutil.which(tool), f"PostgreSQL's {tool} is needed on PATH (PostgreSQL 15)"
+    base = tmp_path_factory.mktemp("postgres")
+    as_user = []
+    if os.geteuid() == 0:   # hand the folder to an unprivileged user and run the server as it
+        os.chmod(base, 0o777)
+        as_user = ["runuser", "-u", "nobody", "--"]
+        for parent in base.parents:   # let that user reach the folder
+            if parent == Path("/"):
+                break
+            os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    data, port = base / "data", free_port()
+    subprocess.run([*as_user, "initdb", "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
+                   capture_output=True, timeout=300)
+    subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "120", "-o",
+                    f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c max_connections=200", "start"],
+                   check=True, capture_output=True, timeout=180)
+    counter = itertools.count()
+
+    def new_database() -> str:
+        name = f"queue{next(counter)}"
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"postgresql://postgres@127.0.0.1:{port}/{name}"
+
+    try:
+        yield new_database
+    finally:
+        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=120)

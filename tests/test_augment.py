@@ -15,7 +15,7 @@ from core.toggles import make_toggles
 
 
 def pipeline(data, pca="paper", crop="paper", input_scale="paper", size=CROP):
-    return Pipeline(data.stats, size, pca=pca, crop=crop, input_scale=input_scale)
+    return Pipeline(data.stats, size, make_toggles(dict(pca=pca, crop=crop, input_scale=input_scale)))
 
 
 def epoch_batch(data, n=None, seed=0, epoch=1):

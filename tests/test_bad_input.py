@@ -4,12 +4,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
 
 
 def run_cli(tmp_path, *args, env_extra=None):
@@ -113,7 +112,10 @@ def test_interrupted_grid_marks_run_killed_and_resumes(tmp_path, tiny_imagefolde
     assert 7 <= finished < 21
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0
-    assert f"{21 - finished} trained, {finished} already finished" in res.stderr
+    assert f"{21 - finished} trained (" in res.stderr and f"{finished} already finished" in res.stderr
+    df = mlflow.search_runs(search_all_experiments=True)
+    cells = df[df["tags.role"] == "cell"]
+    assert list(cells["status"]).count("FINISHED") == 21 == len(cells)   # the killed cell went on in its own run
 
 
 @pytest.mark.parametrize("name, value", [("ALEXNET_LRN_KERNEL", "fast"), ("ALEXNET_THREADS", "two"),

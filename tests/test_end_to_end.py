@@ -10,15 +10,10 @@ import mlflow
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "datasets" / "imagenette2-224"
-from core.toggles import NAMED, REGISTRY   # noqa: E402
+from conftest import REPO, SHARED, cli
+from core.toggles import NAMED, REGISTRY
+
 EPOCH_METRICS = ("train_loss", "lr", "val_top1_err", "val_top5_err", "epoch_time_s", "images_per_s")
-
-pytestmark = pytest.mark.skipif(not (SHARED / "train").is_dir(), reason=f"shared Imagenette absent at {SHARED}")
-
-
-from conftest import cli   # noqa: E402
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def build(seed=0, profile=None, **toggles):
 def full_model():
     torch.manual_seed(0)
     model = AlexNet(Arch())
-    init_weights(model, "paper")
+    init_weights(model)
     return model
 
 
@@ -74,7 +74,8 @@ def test_full_model_paper_init(full_model):
 
 
 def test_paper_stds_are_exactly_001_at_full_size():
-    for arch in (Arch(), Arch(groups=1), Arch(overlap_pool=False), Arch(lrn=False, dropout="seed")):
+    for flips in ({}, {"groups": 1}, {"overlap_pool": False}, {"lrn": False, "dropout": "seed"}):
+        arch = Arch(toggles=make_toggles(flips))
         assert paper_stds(arch) == [0.01] * 8
 
 
@@ -91,7 +92,7 @@ def test_full_model_shapes_follow_the_paper():
 
 @pytest.mark.parametrize("overlap", [True, False])
 def test_pooling_geometry(overlap):
-    arch = Arch(width=0.125, overlap_pool=overlap, num_classes=10)
+    arch = Arch(width=0.125, num_classes=10, toggles=make_toggles({"overlap_pool": overlap}))
     model = AlexNet(arch)
     pools = [m for m in model.features if isinstance(m, nn.MaxPool2d)]
     assert len(pools) == 3

@@ -7,13 +7,13 @@ import torch
 from conftest import tiny_profile
 from core.config import RunConfig
 from core.schedule import Schedule, build_optimizer
-from core.toggles import make_toggles
+from core.toggles import Toggles, make_toggles
 
 
 def run(kind, curve, lr=0.01, patience=2, top5=None):
     """lr after each epoch's step on a scripted validation curve."""
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-    sched = Schedule(opt, kind, lr, patience)
+    sched = Schedule(opt, Toggles(lr_schedule=kind), lr, patience)
     top5 = top5 or [0.5] * len(curve)
     out = []
     for t1, t5 in zip(curve, top5):
@@ -64,7 +64,7 @@ def test_plateau_is_reduce_on_plateau_on_top5_with_the_scaled_patience():
 def test_unknown_schedule_refused_with_choices():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
     with pytest.raises(ValueError, match="paper.*plateau"):
-        Schedule(opt, "cosine", 0.01, 2)
+        Schedule(opt, Toggles(lr_schedule="cosine"), 0.01, 2)
 
 
 class Two(torch.nn.Module):
@@ -77,7 +77,7 @@ class Two(torch.nn.Module):
 
 def steps(update, bias_decay, grads, lrs, m=0.9, wd=0.1):
     model = Two()
-    opt = build_optimizer(model, lrs[0], m, wd, update, bias_decay)
+    opt = build_optimizer(model, lrs[0], m, wd, Toggles(momentum=update, bias_decay=bias_decay))
     for (gw, gb), lr in zip(grads, lrs):
         for g in opt.param_groups:
             g["lr"] = lr
@@ -132,13 +132,13 @@ def test_bias_decay_only_touches_the_biases():
 
 def test_optimizer_groups():
     model = Two()
-    opt = build_optimizer(model, 0.01, 0.9, 5e-4, "pytorch", bias_decay=False)
+    opt = build_optimizer(model, 0.01, 0.9, 5e-4, Toggles(momentum="pytorch"))
     assert isinstance(opt, torch.optim.SGD)
     assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]
     assert (opt.param_groups[0]["momentum"], opt.param_groups[0]["nesterov"]) == (0.9, False)
-    assert [len(g["params"]) for g in build_optimizer(model, 0.01, 0.9, 5e-4, "paper", True).param_groups] == [2]
+    assert [len(g["params"]) for g in build_optimizer(model, 0.01, 0.9, 5e-4, Toggles(bias_decay=True)).param_groups] == [2]
     with pytest.raises(ValueError, match="paper.*pytorch"):
-        build_optimizer(model, 0.01, 0.9, 5e-4, "adam")
+        build_optimizer(model, 0.01, 0.9, 5e-4, Toggles(momentum="adam"))
 
 
 @pytest.mark.parametrize("scale,paper,seed", [(1.0, 90, 120), (0.2, 18, 24), (0.0223, 2, 3), (0.001, 1, 1)])

@@ -53,7 +53,7 @@ TOP5 = [0.5] * 30                          # flat from the start
 
 def observe_schedule(cfg):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.profile.lr)
-    sched = Schedule(opt, cfg.toggles.lr_schedule, cfg.profile.lr, cfg.patience)
+    sched = Schedule(opt, cfg.toggles, cfg.profile.lr, cfg.patience)
     lrs = []
     for t1, t5 in zip(TOP1, TOP5):
         sched.step({"val_top1_err": t1, "val_top5_err": t5})
@@ -65,7 +65,7 @@ def observe_optimizer(cfg):
     """The weights after four SGD steps on fixed inputs with an lr drop after the second."""
     model = build_model(cfg)
     p = cfg.profile
-    opt = build_optimizer(model, p.lr, p.momentum, p.weight_decay, cfg.toggles.momentum, cfg.toggles.bias_decay)
+    opt = build_optimizer(model, p.lr, p.momentum, p.weight_decay, cfg.toggles)
     x = torch.randn(4, 3, CROP, CROP, generator=torch.Generator().manual_seed(2)) * 50
     y = torch.tensor([0, 1, 2, 0])
     for step in range(4):

@@ -181,7 +181,7 @@ def new_model(cfg: RunConfig, device: torch.device, torch_lrn: bool = False, com
         swap_lrn(model)
     model = model.to(device)
     p = cfg.profile
-    optimizer = build_optimizer(model, p.lr, p.momentum, p.weight_decay, cfg.toggles.momentum, cfg.toggles.bias_decay)
+    optimizer = build_optimizer(model, p.lr, p.momentum, p.weight_decay, cfg.toggles)
     return (torch.compile(model) if compiled else model), optimizer
 
 
