@@ -173,9 +173,10 @@ def run(args, experiments) -> int:
             if args.storage:
                 from ablations.queue import open_storage
                 open_storage(args.storage)   # an unreachable queue fails here, before any run is made
-            from core.tracking import MlflowTracker   # an unusable store fails here, before any decoding
-            tracker = MlflowTracker(args.experiment, args.tracking_uri, system_metrics=not args.no_system_metrics)
+            from core.tracking import MlflowTracker, check_store
+            check_store(args.tracking_uri)   # an unusable store fails here, before any decoding
             data = load_data(cells[0].config.profile, args.data_root, args.cache_dir)
+            tracker = MlflowTracker(args.experiment, args.tracking_uri, system_metrics=not args.no_system_metrics)
         except DataError as err:
             raise ConfigError(str(err)) from None
     except ConfigError as err:

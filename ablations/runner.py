@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -110,14 +110,12 @@ def default_checkpoint_dir(tracking_uri: str) -> Path:
 
 
 def check_writable(folder: Path | str, option: str) -> None:
-    """ConfigError naming `option` unless `folder` can be created and written."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise ConfigError(f"cannot write to {folder} ({err.strerror}); pass {option} with a writable folder") from None
+    """ConfigError naming `option` unless `folder` can be written (or created); creates nothing."""
+    folder = Path(folder).resolve()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to {folder} ({existing} is not a writable folder); "
+                          f"pass {option} with a writable folder")
 
 
 def take_over_parents(tracker, grid: str, locks: Path) -> list[str]:

@@ -112,24 +112,32 @@ def curves_url(uri: str, experiment_id: str, run_ids: list[str], metric: str = "
 
 
 # ----------------------------------------------------------------------------------------------- MLflow
-def prepare_store(uri: str) -> None:
-    """Fail within seconds, with one line, on a store that cannot be used; create a new SQLite
-    store whole or not at all (its tables are made in a temporary file renamed into place, so an
-    interrupt never leaves a half-made store)."""
-    import mlflow
+def check_store(uri: str | None) -> None:
+    """Fail within seconds, with one line, on a store that cannot be used (a server that does not
+    answer, a SQLite store or folder that is not writable); creates nothing."""
+    uri = resolve_uri(uri) or "sqlite:///mlflow.db"
     if uri.startswith(("http://", "https://")):
         try:
             urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).read()
         except OSError as err:
             raise TrackingError(f"no MLflow server answers at {uri} ({getattr(err, 'reason', err)}); start it "
                                 f"(mlflow server --host ... --port ...) or pass another --tracking-uri") from None
-        return
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("/"))
+        if (path.is_file() and not os.access(path, os.R_OK | os.W_OK)) or not os.access(folder, os.W_OK | os.X_OK):
+            raise TrackingError(f"cannot write the MLflow store {path}; pass a --tracking-uri in a folder you can write")
+
+
+def prepare_store(uri: str) -> None:
+    """check_store, then create a new SQLite store whole or not at all (its tables are made in a
+    temporary file linked into place, so an interrupt never leaves a half-made store)."""
+    import mlflow
+    check_store(uri)
     if not uri.startswith("sqlite:///"):
         return
     path = Path(uri[len("sqlite:///"):])
     if path.is_file():
-        if not os.access(path, os.R_OK | os.W_OK) or not os.access(path.parent, os.W_OK):
-            raise TrackingError(f"the MLflow store {path} is not writable here; pass a --tracking-uri you can write")
         return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

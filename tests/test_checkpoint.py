@@ -100,9 +100,11 @@ def stop_at(epoch):
 
 
 @pytest.mark.parametrize("every, stop", [(1, 3), (2, 3)])
-def test_a_resumed_cell_ends_exactly_as_an_uninterrupted_one(tmp_path, shared_tiny_data, every, stop):
+def test_a_resumed_cell_ends_exactly_as_an_uninterrupted_one(tmp_path, shared_tiny_data, every, stop, monkeypatch):
     """Paper schedule with patience 1 (lr drops happen), momentum, dropout: all state must come back.
-    Stopped after epoch `stop` with a checkpoint every `every` epochs: at most one epoch recomputed."""
+    Stopped after epoch `stop` with a checkpoint every `every` epochs: at most one epoch recomputed.
+    The thread count is pinned: another count sums floats in another order."""
+    monkeypatch.setenv("ALEXNET_THREADS", "1")
     cfg = RunConfig(dataclasses.replace(tiny_profile(), epoch_scale=6 / 90), make_toggles({}), seed=4)
     tracker = MemoryTracker()
     with tracker.child("whole", {}, {}) as whole:

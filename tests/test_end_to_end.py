@@ -111,7 +111,7 @@ def test_resume_skips_finished_cells(store):
     res = cli("run_ablation.py", "--grid", "deviations", "--profile", "smoke", "--seeds", "2",
               "--tracking-uri", uri, "--cache-dir", str(tmp / "cache"), "--data-root", str(SHARED))
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "0 trained, 14 already finished" in res.stderr
+    assert "done: 0 trained (0 resumed from a checkpoint), 14 already finished" in res.stderr
     assert len(runs(uri)) == before
 
 
@@ -139,7 +139,7 @@ def test_report_from_mlflow(store):
     assert mlflow.MlflowClient(uri).list_artifacts(parent["run_id"], "report")
 
 
-def test_report_keeps_the_latest_run_when_a_profile_changed(tmp_path):
+def test_report_keeps_the_latest_run_when_a_profile_changed(tmp_path, tiny_imagefolder):
     """Editing a profile between runs gives each (variant, seed) a second config_hash; the report
     counts the latest run once and says how many older ones it left out."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -148,7 +148,7 @@ def test_report_keeps_the_latest_run_when_a_profile_changed(tmp_path):
     assert "    lr: 0.01\n    epoch_scale: 0.0223" in text
     edited.write_text(text.replace("    lr: 0.01\n    epoch_scale: 0.0223", "    lr: 0.02\n    epoch_scale: 0.0223"))
     common = ("--grid", "seed", "--profile", "smoke", "--seeds", "1", "--tracking-uri", uri,
-              "--cache-dir", str(tmp_path / "cache"), "--data-root", str(SHARED))
+              "--cache-dir", str(tmp_path / "cache"), "--data-root", str(tiny_imagefolder), "--no-system-metrics")
     for config in (REPO / "experiments.yaml", edited):
         res = cli("run_ablation.py", *common, "--config", str(config))
         assert res.returncode == 0, res.stderr[-2000:]

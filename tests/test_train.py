@@ -23,7 +23,7 @@ def test_one_configuration_trains_logs_and_resumes(tmp_path, tiny_imagefolder):
     assert cell["tags.grid"] == "single" and cell["status"] == "FINISHED" and len(runs) == 2
     assert cell["tags.variant"] == "lrn=False,momentum=pytorch"
     again = cli(*args)
-    assert again.returncode == 0 and "0 trained, 1 already finished" in again.stderr
+    assert again.returncode == 0 and "0 trained (0 resumed from a checkpoint), 1 already finished" in again.stderr
 
 
 @pytest.mark.parametrize("sets,expected", [(["lrm=false"], "unknown key(s) ['lrm']"),

@@ -42,7 +42,7 @@ def server(smoke_store):
     finally:   # the server and its workers: SIGTERM to the group, SIGKILL if it lingers
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
