@@ -5,6 +5,7 @@ busy training in the background.
 """
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,34 @@ def postgres(tmp_path_factory):
         yield new_database
     finally:
         subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=120)
+
+
+@contextlib.contextmanager
+def mlflow_server(*store_args: str):
+    """A real `mlflow server` on 127.0.0.1 and a free port with the given store arguments; yields
+    its URL; stops the server and its workers (its process group) at the end."""
+    import os
+    import signal
+    import time
+    import urllib.request
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *store_args, "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for _ in range(180):
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("mlflow server did not answer /health within 180 s")
+        yield f"http://127.0.0.1:{port}"
+    finally:   # SIGTERM to the group, SIGKILL if it lingers
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)

@@ -2,8 +2,6 @@
 MLflow store, checked against the logging contract; resume; report.py on those runs."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow

@@ -3,19 +3,16 @@ study, every cell is trained exactly once, and a runner killed mid-cell is taken
 continues from its checkpoint, in its own MLflow run) once its heartbeat stops."""
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import optuna
 
-from conftest import REPO, free_port
+from conftest import REPO, mlflow_server
 from test_resume import CELLS, check_complete, command, runs
 
 ENV = {**os.environ, "ALEXNET_HEARTBEAT_S": "1"}
@@ -28,35 +25,11 @@ def trials(url):
     return optuna.load_study(study_name=summary.study_name, storage=storage).trials
 
 
-@contextlib.contextmanager
-def mlflow_server(backend: str, artifacts: Path):
-    """`mlflow server` on a PostgreSQL backend store and an artifact folder, on 127.0.0.1."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                             backend.replace("postgresql://", "postgresql+psycopg://"), "--artifacts-destination",
-                             str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        for _ in range(180):
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-
-
 def test_two_workers_on_postgres_logging_to_an_mlflow_server_train_every_cell_once(tmp_path, tiny_imagefolder,
                                                                                    postgres):
     url = postgres()
-    with mlflow_server(postgres(), tmp_path / "artifacts") as server:
+    backend = postgres().replace("postgresql://", "postgresql+psycopg://")
+    with mlflow_server("--backend-store-uri", backend, "--artifacts-destination", str(tmp_path / "artifacts")) as server:
         cmd = command(tmp_path, tiny_imagefolder)
         cmd[cmd.index("--tracking-uri") + 1] = server
         res = subprocess.run(cmd + ["--storage", url, "--workers", "2", "--checkpoint-dir", str(tmp_path / "ck")],

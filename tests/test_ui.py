@@ -4,19 +4,15 @@ runs link that run_ablation.py printed, loaded in headless Chromium, shows the g
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 
 import pytest
 
-from conftest import free_port
+from conftest import mlflow_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -24,28 +20,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def server(smoke_store):
     uri, tmp, stderr = smoke_store
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-                             "--default-artifact-root", str(tmp / "artifacts"), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("mlflow server did not answer /health within 120 s")
-        yield port, stderr
-    finally:   # the server and its workers: SIGTERM to the group, SIGKILL if it lingers
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+    with mlflow_server("--backend-store-uri", uri, "--default-artifact-root", str(tmp / "artifacts")) as url:
+        yield int(url.rsplit(":", 1)[1]), stderr
 
 
 def render(url: str, tmp_path, *extra: str) -> str:

@@ -39,7 +39,7 @@ from torch import nn
 from core.augment import IMAGENET_MEAN, draw_epoch
 from ablations.runner import load_data
 from core.config import PAPER_EPOCHS, ConfigError, RunConfig, load_experiments
-from core.data import REPO, DataError, Split, Stats, resolve_root, scan, train_stats
+from core.data import REPO, DataError, Split, Stats, resolve_root, scan
 from core.engine import (Data, layout, train_step, build_model, build_pipeline, evaluate, resolve_device,
                      train_one_epoch)
 from core import runtime
