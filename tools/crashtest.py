@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     from core import runtime
     from ablations.runner import git_commit
     rng = random.Random(args.seed)
-    lines = [f"crashtest: grid {GRID}, profile {args.profile}, commit {git_commit()}, {runtime.describe()}", ""]
+    lines = [f"crashtest: grid {GRID}, profile {args.profile}, commit {git_commit()}, {runtime.describe(runtime.machine())}", ""]
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "kills"
         cmd = runner(store, args.profile, args.data_root, args.cache_dir)
