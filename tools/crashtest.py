@@ -2,7 +2,7 @@
 
     python -m tools.crashtest --kills 10 --pairs 3 --save      # results/crashtest-<CPU kind>.txt
 
-1. A `smoke` grid into a fresh store, SIGKILLed at random moments (uniform between --min-s and
+1. A `smoke` grid (--seeds of them) into a fresh store, SIGKILLed at random moments (uniform between --min-s and
    --max-s after start) --kills times, then run to the end. After each kill: the cut cell's last
    logged epoch and its newest checkpoint; the complete epochs it will recompute are the
    difference (0 or 1), plus the epoch that was in flight.
@@ -27,8 +27,8 @@ from core.config import REPO, load_experiments
 GRID = "deviations"
 
 
-def runner(store: Path, profile: str, data_root: str | None, cache: str | None, *extra: str) -> list[str]:
-    cmd = [sys.executable, str(REPO / "run_ablation.py"), "--grid", GRID, "--profile", profile, "--seeds", "1",
+def runner(store: Path, profile: str, data_root: str | None, cache: str | None, *extra: str, seeds: int = 1) -> list[str]:
+    cmd = [sys.executable, str(REPO / "run_ablation.py"), "--grid", GRID, "--profile", profile, "--seeds", str(seeds),
            "--tracking-uri", f"sqlite:///{store}/mlflow.db", "--no-system-metrics", *extra]
     if data_root:
         cmd += ["--data-root", data_root]
@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="smoke")
     ap.add_argument("--kills", type=int, default=10)
+    ap.add_argument("--seeds", type=int, default=4, help="seeds of the killed grid (enough epochs for every kill)")
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--min-s", type=float, default=4.0)
     ap.add_argument("--max-s", type=float, default=20.0)
@@ -80,10 +81,11 @@ def main(argv=None) -> int:
     from core import runtime
     from ablations.runner import git_commit
     rng = random.Random(args.seed)
-    lines = [f"crashtest: grid {GRID}, profile {args.profile}, commit {git_commit()}, {runtime.describe(runtime.machine())}", ""]
+    lines = [f"crashtest: grid {GRID}, profile {args.profile}, {args.seeds} seeds, kills after "
+             f"{args.min_s:g}-{args.max_s:g} s (seed {args.seed}), commit {git_commit()}, {runtime.describe(runtime.machine())}", ""]
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "kills"
-        cmd = runner(store, args.profile, args.data_root, args.cache_dir)
+        cmd = runner(store, args.profile, args.data_root, args.cache_dir, seeds=args.seeds)
         lines.append("kill  after_s  cut cell                         logged  checkpoint  complete epochs recomputed")
         kills, lost = 0, []
         while kills < args.kills:
@@ -105,7 +107,8 @@ def main(argv=None) -> int:
             else:
                 lines.append(f"{kills:4d}  {wait:7.1f}  (no cell in training: start-up, caching or between cells)")
         final = subprocess.run(cmd, capture_output=True, text=True)
-        expected = len(expand(load_experiments(REPO / "experiments.yaml"), GRID))
+        variants = len(expand(load_experiments(REPO / "experiments.yaml"), GRID))
+        expected = variants * args.seeds
         dup, miss = duplicates_and_missing(store, expected)
         lines += ["", f"kills: {kills}; cells cut mid-training: {len(lost)}; complete epochs recomputed per cut cell: "
                       f"max {max(lost, default=0)}, total {sum(lost)} (plus one partial epoch each); "
@@ -124,7 +127,7 @@ def main(argv=None) -> int:
                     procs = [subprocess.Popen(q, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
                     for p in procs:
                         p.wait()
-                d, m = duplicates_and_missing(base, expected)
+                d, m = duplicates_and_missing(base, variants)
                 dups, misses = dups + d, misses + m
             lines.append(f"{mode}: {args.pairs} fresh stores, duplicated cells {dups}, missing cells {misses}")
     text = "\n".join(lines)
