@@ -128,10 +128,11 @@ def take_over_parents(tracker, grid: str, locks: Path) -> list[str]:
     return dead
 
 
-def resumable(tracker, grid: str, config_hash: str, commit: str, locks: Path):
-    """The run to continue for a cell: its newest KILLED or ownerless RUNNING run made by this
-    commit (None: start a new run). Other ownerless RUNNING runs of the cell are ended KILLED."""
-    runs = sorted((r for r in tracker.records(grid) if r.tags.get("config_hash") == config_hash
+def resumable(tracker, records: list, config_hash: str, commit: str):
+    """The run to continue for a cell (`records`: the grid's runs): its newest KILLED or ownerless
+    RUNNING run made by this commit (None: start a new run). Other ownerless RUNNING runs of the
+    cell are ended KILLED."""
+    runs = sorted((r for r in records if r.tags.get("config_hash") == config_hash
                    and r.tags.get("role") == "cell" and r.status in ("RUNNING", "KILLED")),
                   key=lambda r: r.start_ms or 0)
     chosen = next((r for r in reversed(runs) if r.tags.get("git_commit") == commit), None)
@@ -208,10 +209,11 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
             result = None
             try:
                 with ckpt.claim():
-                    if not rerun and cfg.hash() in tracker.finished_hashes(grid):   # finished meanwhile
-                        out.skipped.append(cell.name)
+                    records = [] if rerun else tracker.records(grid)   # one search per cell
+                    if any(r.status == "FINISHED" and r.tags.get("config_hash") == cfg.hash() for r in records):
+                        out.skipped.append(cell.name)                     # finished meanwhile
                     else:
-                        prior = None if rerun else resumable(tracker, grid, cfg.hash(), commit, locks)
+                        prior = None if rerun else resumable(tracker, records, cfg.hash(), commit)
                         if prior is None:
                             ckpt.clear()   # never continue a checkpoint that no run of this commit owns
                         result = train_cell(grid, cell, cells[0].variant.name, profile, commit, tracker, data,
