@@ -81,6 +81,20 @@ def show(experiments) -> None:
         print(f"  {g:15s} {len(expand(experiments, g)):3d} variants  {spec.get('description', '')}")
 
 
+def check_launch(workers: int, batch_size: int) -> None:
+    """torchrun (one cell over K processes) and --workers (one cell per process) do not mix."""
+    from core import distributed
+    if not distributed.launched():
+        return
+    k = int(os.environ["WORLD_SIZE"])
+    if workers > 1:
+        raise ConfigError(f"--workers {workers} under torchrun: torchrun already starts {k} processes for each "
+                          f"cell; drop --workers (or run without torchrun for one cell per worker)")
+    if batch_size < k:
+        raise ConfigError(f"batch_size {batch_size} cannot be split between {k} torchrun processes; "
+                          f"use --nproc_per_node {batch_size} or fewer")
+
+
 def spawn_workers(n: int) -> int:
     """This command n times over, minus --workers, as child processes (the data cache is built and
     the store exists by now); Ctrl-C or SIGTERM stops them all. Each takes its share of the CPUs."""
@@ -164,19 +178,29 @@ def run(args, experiments) -> int:
         from core.tracking import resolve_uri
         check_writable(args.checkpoint_dir or default_checkpoint_dir(resolve_uri(args.tracking_uri) or "sqlite:///mlflow.db"),
                        "--checkpoint-dir")
-        from core import runtime
+        from core import distributed, runtime
         from core.data import DataError
         try:
             runtime.check_environment()
             check_device(args.device)
             cells = plan(experiments, args.grid, args.profile, args.seeds, args.device, first_seed=args.first_seed)
-            if args.storage:
+            check_launch(args.workers, cells[0].config.profile.batch_size)
+            distributed.init()
+            runtime.set_threads()   # counted among this machine's harness processes before any work starts
+            lead = distributed.rank() == 0   # under torchrun only rank 0 touches the queue and the store
+            if lead and args.storage:
                 from ablations.queue import open_storage
                 open_storage(args.storage)   # an unreachable queue fails here, before any run is made
             from core.tracking import MlflowTracker, check_store
-            check_store(args.tracking_uri)   # an unusable store fails here, before any decoding
+            if lead:
+                check_store(args.tracking_uri)   # an unusable store fails here, before any decoding
+            if distributed.local_rank() != 0:
+                distributed.barrier()   # local rank 0 builds the data cache first
             data = load_data(cells[0].config.profile, args.data_root, args.cache_dir)
-            tracker = MlflowTracker(args.experiment, args.tracking_uri, system_metrics=not args.no_system_metrics)
+            if distributed.local_rank() == 0:
+                distributed.barrier()
+            tracker = MlflowTracker(args.experiment, args.tracking_uri,
+                                    system_metrics=not args.no_system_metrics) if lead else None
         except DataError as err:
             raise ConfigError(str(err)) from None
     except ConfigError as err:
@@ -184,18 +208,25 @@ def run(args, experiments) -> int:
         return 2
     if args.workers > 1:
         return spawn_workers(args.workers)
-    from ablations.runner import run_grid
+    from ablations.runner import follow, run_grid
+    if not lead:
+        follow(plan(experiments, args.grid, args.profile, args.seeds, args.device, data, args.first_seed),
+               data, args.device)
+        distributed.close()
+        return 0
     from core.engine import resolve_device
     prof = cells[0].config.profile
     print(f"{args.grid}: {len(cells)} cells on profile {args.profile}, {resolve_device(args.device)}, precision "
           f"{prof.precision}{' (auto)' if experiments.profile(args.profile).precision == 'auto' else ''}, "
-          f"{runtime.set_threads()} threads ({len(data.train.labels)} train / {len(data.val.labels)} val images "
+          f"{runtime.set_threads()} threads{f' x {distributed.size()} processes' if distributed.size() > 1 else ''} ({len(data.train.labels)} train / {len(data.val.labels)} val images "
           f"from {data.train.root}); MLflow {tracker.uri}, experiment {args.experiment!r}", file=sys.stderr)
     out = run_grid(experiments, args.grid, args.profile, args.seeds, tracker, data, rerun=args.rerun,
                    device=args.device, command=getattr(args, "command", None) or shlex.join(["python", *sys.argv]),
                    first_seed=args.first_seed, checkpoint_dir=args.checkpoint_dir,
                    checkpoint_every=args.checkpoint_every, storage=args.storage, experiment=args.experiment,
                    progress=os.environ.get("ALEXNET_WORKER") is None)
+    distributed.broadcast(None)   # under torchrun: the other ranks stop
+    distributed.close()
     ui = "" if tracker.uri.startswith("http") else f"  (after: mlflow ui --backend-store-uri {tracker.uri})"
     finished = [r.run_id for r in tracker.records(args.grid) if r.status == "FINISHED" and r.tags.get("role") == "cell"]
     print(f"done: {len(out.ran)} trained ({len(out.resumed)} resumed from a checkpoint), "

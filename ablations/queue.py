@@ -31,6 +31,9 @@ def storage_url(url: str) -> str:
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     if url.startswith(("sqlite:///", "postgresql+", "mysql")):
         return url
+    if url.endswith((".log", ".journal")) or url.startswith("journal"):
+        raise ConfigError(f"--storage {url!r}: Optuna's journal storage keeps no heartbeats, so a dead worker's cell "
+                          f"would never be taken over; use sqlite:///path/queue.db for one machine")
     raise ConfigError(f"--storage {url!r}: give an RDB URL (postgresql://user@host:port/db for many machines, "
                       f"sqlite:///path/queue.db for one)")
 

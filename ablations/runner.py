@@ -16,12 +16,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core import outcomes, runtime
+from core import distributed, outcomes, runtime
 from core.checkpoint import Busy, Checkpoints, is_locked, locked
 from core.config import REPO, ConfigError, Experiments, Profile, RunConfig
 from core.data import load_split, resolve_root, train_stats
 from core.engine import Data, resolve_device, train
 from core.toggles import REGISTRY, as_dict, differences
+from core.tracking import NullRun
 from .grids import Variant, expand
 
 
@@ -192,7 +193,8 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
                desc=f"{grid}/{profile}", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     parent_tags = {"grid": grid, "profile": profile, "seeds": seeds, "git_commit": commit,
                    "precision": cells[0].config.profile.precision,
-                   "cells": len(cells), "skipped": len(out.skipped), "role": "grid", "command": command}
+                   "cells": len(cells), "skipped": len(out.skipped), "role": "grid", "command": command,
+                   "processes": distributed.size()}
     with contextlib.ExitStack() as stack:
         parent = stack.enter_context(tracker.parent(f"{grid}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}",
                                                     parent_tags, {"grid": grid, "profile": profile, "seeds": seeds}))
@@ -252,10 +254,23 @@ def train_cell(grid: str, cell: Cell, base: str, profile: str, commit: str, trac
             "flipped": ",".join(f"{k}={v}" for k, v in differences(cfg.toggles).items()) or "none"}
     dataset = {"name": f"{cfg.profile.dataset}-{cfg.profile.prep_size}px",
                "digest": data.train.digest, "source": data.train.root}
-    params = {**child_params(cfg, data), "device": str(resolve_device(device)), "cpu": runtime.cpu_kind()}
+    params = {**child_params(cfg, data), "device": str(resolve_device(device)), "cpu": runtime.cpu_kind(),
+              "processes": distributed.size()}
     with tracker.child(cell.name, params, tags, dataset, resume=resume) as run:
         if not resume:
             run.log_dict(cfg.resolved(), "config.yaml")
+        distributed.broadcast(cfg.hash())   # under torchrun: the other ranks train it with this one
         result = train(cfg, data, run, on_epoch=lambda e, m: bar.update(1), device=device, checkpoints=ckpt)
         bar.update(cfg.epochs - result.epochs_run + result.resumed_from)
     return result
+
+
+def follow(cells: list[Cell], data: Data, device=None) -> int:
+    """A torchrun rank other than 0: train, with rank 0, each cell it names, until it names none
+    (it alone decides, logs and checkpoints). Returns the number of cells trained."""
+    by_hash = {c.config.hash(): c for c in cells}
+    trained = 0
+    while (config_hash := distributed.broadcast(None)) is not None:
+        train(by_hash[config_hash].config, data, NullRun(), device=device)
+        trained += 1
+    return trained

@@ -19,7 +19,7 @@ from .augment import Pipeline, draw_epoch
 from .checkpoint import Checkpoints, rng_state, set_rng_state
 from .config import RunConfig
 from .data import Split, Stats
-from . import outcomes, runtime
+from . import distributed, outcomes, runtime
 from .model import AlexNet, Arch, init_weights
 from .schedule import Schedule, build_optimizer
 
@@ -62,9 +62,12 @@ def build_pipeline(cfg: RunConfig, stats: Stats) -> Pipeline:
 
 
 def resolve_device(device: str | None = None) -> torch.device:
-    """"auto" (or None): CUDA when available, else the CPU."""
+    """"auto" (or None): CUDA when available, else the CPU. Under torchrun, "auto" and "cuda" are
+    the process's own GPU (cuda:LOCAL_RANK)."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and distributed.launched():
+        device = f"cuda:{distributed.local_rank()}"
     return torch.device(device)
 
 
@@ -77,12 +80,15 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """One SGD step on a ready batch; returns the (device) loss, without a host sync."""
+def train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32",
+               scale: float = 1.0) -> torch.Tensor:
+    """One SGD step on a ready batch; returns the (device) mean loss, without a host sync. scale:
+    the loss's weight in the gradient (under torchrun: this rank's share of the batch times the
+    number of ranks, whose gradients DistributedDataParallel averages)."""
     with autocast(x.device, precision):
         loss = F.cross_entropy(model(x), y)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * scale if scale != 1.0 else loss).backward()
     optimizer.step()
     return loss.detach()
 
@@ -109,7 +115,8 @@ def on_device(split: Split, device: torch.device, max_fraction: float = 0.5) -> 
 
 def train_one_epoch(model, optimizer, pipeline: Pipeline, train: Split, batch_size: int, seed: int,
                     epoch: int, channels_last: bool = True, precision: str = "fp32") -> tuple[float, int]:
-    """One pass over the training set in the epoch's drawn order; returns (mean loss, images)."""
+    """One pass over the training set in the epoch's drawn order; returns (mean loss, images).
+    Under torchrun each rank trains its share of every batch (core/distributed.py)."""
     model.train()
     device = pipeline.device
     n = len(train.labels)
@@ -117,12 +124,17 @@ def train_one_epoch(model, optimizer, pipeline: Pipeline, train: Split, batch_si
     draws = host.to(device)   # on a GPU: nothing per batch waits for the host (no small copies)
     labels = torch.from_numpy(train.labels).to(device)
     total = torch.zeros((), device=device)
+    ranks = distributed.size()
     for start in range(0, n, batch_size):
-        pos = slice(start, start + batch_size)
+        whole = min(batch_size, n - start)
+        lo, hi = distributed.part(whole)
+        pos = slice(start + lo, start + hi)
         idx = draws.order[pos] if torch.is_tensor(train.images) else host.order[pos].numpy()
-        x = layout(pipeline.train_batch(gather(train.images, idx), draws, start), channels_last)
-        total += train_step(model, optimizer, x, labels[draws.order[pos]], precision) * len(idx)
-    return total.item() / n, n
+        x = layout(pipeline.train_batch(gather(train.images, idx), draws, start + lo), channels_last)
+        with distributed.batch_shard(lo, whole):
+            loss = train_step(model, optimizer, x, labels[draws.order[pos]], precision, (hi - lo) * ranks / whole)
+        total += loss * len(idx)
+    return distributed.all_sum(total).item() / n, n
 
 
 @torch.no_grad()
@@ -134,10 +146,12 @@ def evaluate(model, pipeline: Pipeline, split: Split, batch_size: int, ten_crop:
     wrong1 = wrong5 = torch.zeros((), dtype=torch.long, device=pipeline.device)   # read once, at the end
     n = len(split.labels)
     labels = torch.from_numpy(split.labels).to(pipeline.device)
-    for start in range(0, n, batch_size):
-        images = split.images[start:start + batch_size]
+    lo, hi = distributed.part(n)   # under torchrun: this rank's share, counts summed below
+    for start in range(lo, hi, batch_size):
+        stop = min(start + batch_size, hi)
+        images = split.images[start:stop]
         images = images if torch.is_tensor(images) else np.array(images)   # a writable copy of the slice
-        y = labels[start:start + batch_size]
+        y = labels[start:stop]
         with autocast(pipeline.device, precision):
             logits = torch.stack([model(layout(v, channels_last)) for v in pipeline.eval_views(images, ten_crop)])
         logits = logits.float()                                                           # (V, B, classes)
@@ -146,7 +160,8 @@ def evaluate(model, pipeline: Pipeline, split: Split, batch_size: int, ten_crop:
         wrong1 = wrong1 + (top5[:, 0] != y).sum()
         wrong5 = wrong5 + (~(top5 == y[:, None]).any(-1)).sum()
     prefix = "val10" if ten_crop else "val"
-    return {f"{prefix}_top1_err": wrong1.item() / n, f"{prefix}_top5_err": wrong5.item() / n}
+    wrong1, wrong5 = distributed.all_sum(torch.stack([wrong1, wrong5])).tolist()
+    return {f"{prefix}_top1_err": wrong1 / n, f"{prefix}_top5_err": wrong5 / n}
 
 
 def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = None,
@@ -154,7 +169,8 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
     """Train one configuration; `run` is a tracking RunLog; on_epoch(epoch, metrics) for progress.
     With `checkpoints`, a checkpoint is written after each due epoch, and training continues from
     the newest one there: with the same code on a CPU, a resumed cell ends exactly as an
-    uninterrupted one."""
+    uninterrupted one. Under torchrun every rank calls this; rank 0 passes the real `run` and
+    `checkpoints` (the others a core.tracking.NullRun and None) and its checkpoint is sent to all."""
     runtime.configure()   # threads, malloc
     p, t = cfg.profile, cfg.toggles
     dev = resolve_device(device)
@@ -168,14 +184,16 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
         data = Data(on_device(data.train, dev), on_device(data.val, dev), data.stats)
     optimizer = build_optimizer(model, p.lr, p.momentum, p.weight_decay, t)
     schedule = Schedule(optimizer, t, p.lr, cfg.patience)
-    net = torch.compile(model) if p.compile else model   # shares model's parameters
+    saved = distributed.broadcast(checkpoints.latest() if checkpoints else None)
+    if saved:   # before DistributedDataParallel copies rank 0's weights to the others
+        model.load_state_dict(saved["model"])
+    net = distributed.wrap(model, dev)
+    net = torch.compile(net) if p.compile else net   # shares model's parameters
     start_wall = time.perf_counter()
     metrics: dict[str, float] = {}
     diverged, epoch, val_top1, wall_before = False, 0, [], 0.0
-    saved = checkpoints.latest() if checkpoints else None
     resumed_from = saved["epoch"] if saved else 0
     if saved:
-        model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.scheduler.load_state_dict(saved["schedule"])
         set_rng_state(saved["rng"])

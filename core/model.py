@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from . import distributed
 from .lrn import LRN
 from .toggles import Toggles
 
@@ -61,6 +62,26 @@ def check_geometry(arch: Arch) -> None:
                          f"before the last pooling (need at least 3x3): use a larger image or a smaller stem stride")
 
 
+class Dropout(nn.Module):
+    """nn.Dropout, bit for bit (same mask draws, same scaling), except under torchrun: there each
+    rank draws the mask of the whole batch from the same stream and keeps its own rows, so K
+    processes drop what one process drops (core/distributed.py)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        offset, total = distributed.shard() or (0, x.shape[0])
+        keep = x.new_empty((total, *x.shape[1:])).bernoulli_(1 - self.p).div_(1 - self.p)
+        return x * keep[offset:offset + x.shape[0]]
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class AlexNet(nn.Module):
     def __init__(self, arch: Arch):
         super().__init__()
@@ -82,11 +103,11 @@ class AlexNet(nn.Module):
         final = arch.feature_sizes()[3]
         fc = arch.fc_units()
         if t.dropout == "paper":   # §4.2: outputs of fc6 and fc7
-            head = [nn.Linear(c5 * final * final, fc), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                    nn.Linear(fc, fc), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(fc, arch.num_classes)]
+            head = [nn.Linear(c5 * final * final, fc), nn.ReLU(inplace=True), Dropout(0.5),
+                    nn.Linear(fc, fc), nn.ReLU(inplace=True), Dropout(0.5), nn.Linear(fc, arch.num_classes)]
         else:                         # seed / torchvision: inputs of fc6 and fc7
-            head = [nn.Dropout(0.5), nn.Linear(c5 * final * final, fc), nn.ReLU(inplace=True),
-                    nn.Dropout(0.5), nn.Linear(fc, fc), nn.ReLU(inplace=True), nn.Linear(fc, arch.num_classes)]
+            head = [Dropout(0.5), nn.Linear(c5 * final * final, fc), nn.ReLU(inplace=True),
+                    Dropout(0.5), nn.Linear(fc, fc), nn.ReLU(inplace=True), nn.Linear(fc, arch.num_classes)]
         if t.final_relu:           # the seed's ReLU on the logits
             head.append(nn.ReLU())
         self.classifier = nn.Sequential(*head)

@@ -355,6 +355,22 @@ class MlflowTracker:
         _MlflowRun(self.client, run_id).log_metrics(metrics)
 
 
+class NullRun:
+    """The RunLog of a torchrun rank other than 0: rank 0 logs for all of them."""
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def set_tags(self, tags):
+        pass
+
+    def log_dict(self, data, path):
+        pass
+
+    def log_state_dict(self, state, path):
+        pass
+
+
 # ----------------------------------------------------------------------------------------------- memory
 @dataclass
 class MemoryRun:

@@ -76,3 +76,11 @@ def test_an_unreachable_queue_is_one_clear_line(tmp_path, tiny_imagefolder):
     res = subprocess.run(command(tmp_path, tiny_imagefolder) + ["--storage", "redis://x"], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "postgresql://" in res.stderr
+
+
+def test_a_journal_file_is_refused_with_the_reason():
+    import pytest
+    from ablations.queue import storage_url
+    from core.config import ConfigError
+    with pytest.raises(ConfigError, match="no heartbeats.*sqlite:///"):
+        storage_url("queue.journal")
