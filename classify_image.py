@@ -87,7 +87,7 @@ def classify(paths: list[str], model, pipeline, cfg, classes, device: str, top: 
         try:
             image = load_image(p, cfg.profile.prep_size)[None]
         except DataError as err:
-            raise ConfigError(str(err).replace(". Remove or replace the file, then rerun", "; pass an image file")) from None
+            raise ConfigError(f"{err}; pass an image file") from None
         with torch.no_grad():
             views = pipeline.eval_views(image, ten_crop)
             logits = torch.stack([model(v.contiguous()) for v in views]).float()

@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--profile", default="demo", help="profile from experiments.yaml (default: demo)")
     ap.add_argument("--seeds", type=int, default=1, help="repeat each variant with N seeds (default 1)")
     ap.add_argument("--first-seed", type=int, default=0, help="the seeds are K..K+N-1 (default 0)")
-    ap.add_argument("--data-root", help="ImageFolder root with train/ and val/ "
+    ap.add_argument("--data-root", help="ImageFolder root with train/ and val/, or hf:<name or save_to_disk folder> "
                                         "(else $ALEXNET_DATA_ROOT, else data/ or ../shared/datasets/)")
     ap.add_argument("--cache-dir", help="uint8 cache folder (else $ALEXNET_CACHE_DIR, else ~/.cache/alexnet-ablation)")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, else MLflow's default)")

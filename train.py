@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, help="seed (default: the file's, else 0)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a toggle or profile field (repeatable)")
-    ap.add_argument("--data-root", help="ImageFolder root with train/ and val/")
+    ap.add_argument("--data-root", help="ImageFolder root with train/ and val/, or hf:<name or folder>")
     ap.add_argument("--cache-dir", help="uint8 cache folder")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI")
     ap.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"MLflow experiment (default {DEFAULT_EXPERIMENT})")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core import distributed, outcomes, runtime
+from core import distributed, outcomes, runtime, stream
 from core.checkpoint import Busy, Checkpoints, is_locked, locked
 from core.config import REPO, ConfigError, Experiments, Profile, RunConfig
 from core.data import load_split, resolve_root, train_stats
@@ -255,7 +255,8 @@ def train_cell(grid: str, cell: Cell, base: str, profile: str, commit: str, trac
     dataset = {"name": f"{cfg.profile.dataset}-{cfg.profile.prep_size}px",
                "digest": data.train.digest, "source": data.train.root}
     params = {**child_params(cfg, data), "device": str(resolve_device(device)), "cpu": runtime.cpu_kind(),
-              "processes": distributed.size()}
+              "processes": distributed.size(),
+              "input": stream.resolve(cfg.profile.input, data.train.images, resolve_device(device))}
     with tracker.child(cell.name, params, tags, dataset, resume=resume) as run:
         if not resume:
             run.log_dict(cfg.resolved(), "config.yaml")

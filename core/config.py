@@ -27,7 +27,8 @@ PRECISIONS = ("auto", "fp32", "bf16")       # auto: bf16 where the device comput
 
 # Profile keys left out of config_hash: they change speed or wording, not what is computed.
 # (precision is in: a run's hash holds the precision it resolved to on its machine.)
-SPEED_ONLY = ("description", "eval_batch_size", "compile", "channels_last")
+SPEED_ONLY = ("description", "eval_batch_size", "compile", "channels_last", "input")
+INPUTS = ("auto", "memory", "stream")       # where training batches are read from (core/stream.py)
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,15 @@ class Profile:
     channels_last: bool = True          # memory format (README speed table: never slower, up to 1.7x faster)
     precision: str = "auto"             # "auto" | "fp32" | "bf16" (autocast); auto: resolved per device
     compile: bool = False               # torch.compile the model (pays off on GPUs; README speed table)
+    input: str = "auto"                 # "auto" | "memory" | "stream": batches from the cache in memory or from disk
     description: str = ""
 
     def __post_init__(self):
         where = f"profiles.{self.name}"
         if self.precision not in PRECISIONS:
             raise ConfigError(f"{where}.precision {self.precision!r} unknown; choices: {', '.join(PRECISIONS)}")
+        if self.input not in INPUTS:
+            raise ConfigError(f"{where}.input {self.input!r} unknown; choices: {', '.join(INPUTS)}")
         if self.dataset not in DATASET_CLASSES:
             raise ConfigError(f"{where}.dataset {self.dataset!r} unknown; choices: {', '.join(DATASET_CLASSES)}")
         for z in (2, 3):   # both pooling toggles must leave the last pooling at least 3x3 maps

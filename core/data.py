@@ -1,22 +1,23 @@
-"""Datasets: find the ImageFolder root, decode every image once into a uint8 cache, compute the
-training-set statistics the paper uses (mean image, §2; RGB PCA, §4.1).
+"""Datasets: find the data (an ImageFolder root, or `hf:<name or folder>` for a Hugging Face
+dataset: core/hfdata.py), decode every image once into a uint8 cache, compute the training-set
+statistics the paper uses (mean image, §2; RGB PCA, §4.1).
 
 Preprocessing follows §2 scaled to the profile: shorter side to `prep_size` (256 for 224 px crops),
 centre crop prep_size x prep_size, RGB. The cache is one (N, 3, P, P) uint8 .npy per split,
-memory-mapped at load, written to a temporary folder and renamed into place (never half-written).
+memory-mapped at load, written to a `.partial` folder that a killed decode continues, and renamed
+into place when complete (never half-written).
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
-import re
 import shutil
-import socket
-import tempfile
 from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -27,6 +28,7 @@ from .config import REPO
 DATA_ENV = "ALEXNET_DATA_ROOT"
 CACHE_ENV = "ALEXNET_CACHE_DIR"
 CACHE_VERSION = 1
+CHUNK = 1024   # images decoded between two progress records of a cache being built
 # Where each dataset is looked for when neither --data-root nor $ALEXNET_DATA_ROOT is given.
 DEFAULT_ROOTS = {
     "imagenette": [REPO / "data" / "imagenette2-224", REPO / "data" / "imagenette2",
@@ -52,10 +54,19 @@ class Split:
     root: str
     digest: str               # content key of the cache (file list, sizes, mtimes, size)
     identity: str = ""        # what the split is, wherever it lies: classes, relative paths, labels, file sizes
+    skipped: tuple[str, ...] = ()   # unreadable images left out (preprocess.py), as messages
+    folder: str = ""          # its cache folder
 
 
-def resolve_root(dataset: str, data_root: str | None = None) -> Path:
-    """The documented order: --data-root, then $ALEXNET_DATA_ROOT, then the default folders."""
+HF_PREFIX = "hf:"
+
+
+def resolve_root(dataset: str, data_root: str | None = None) -> Path | str:
+    """The documented order: --data-root, then $ALEXNET_DATA_ROOT, then the default folders. A
+    Hugging Face source (`hf:<name or folder>`) is returned as given; it is opened by load_split."""
+    given = data_root or os.environ.get(DATA_ENV)
+    if given and given.startswith(HF_PREFIX):
+        return given
     if data_root:
         candidates, origin = [Path(data_root)], "--data-root"
     elif os.environ.get(DATA_ENV):
@@ -92,15 +103,48 @@ def scan(root: Path, split: str, classes: tuple[str, ...] | None = None,
     return samples, classes
 
 
-def load_image(path: str, size: int) -> np.ndarray:
-    """Shorter side to `size`, centre crop, RGB (grayscale becomes 3 channels): (3, size, size) uint8."""
+def load_image(path: str, size: int, file: BinaryIO | None = None) -> np.ndarray:
+    """Shorter side to `size`, centre crop, RGB (grayscale, palette, RGBA and CMYK become RGB):
+    (3, size, size) uint8. file: the encoded image when it is not a file at `path` (which then
+    only names it)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(file or path) as img:
             img.draft("RGB", (size, size))   # JPEG: decode at reduced scale when much larger
             img = ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot read image {path}: {err}. Remove or replace the file, then rerun") from None
+        raise DataError(f"cannot read image {path}: {err}") from None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One split before decoding: what its images are and how to read them."""
+    root: str
+    labels: np.ndarray                        # (N,) int64
+    classes: tuple[str, ...]
+    identity: str                             # see Split.identity
+    stamp: Callable[[], Iterator[str]]        # lines that change whenever the images may have (cache key)
+    images: Callable[[int], Iterator[tuple[str, BinaryIO | None]]]   # from position k: (name or path, bytes or None)
+
+
+def list_folder(root: Path, split: str, classes: tuple[str, ...] | None = None,
+                max_per_class: int | None = None) -> Listing:
+    samples, classes = scan(root, split, classes, max_per_class)
+
+    def stamp():
+        for path, label in samples:
+            st = os.stat(path)
+            yield f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}\n"
+    return Listing(str(root), np.array([l for _, l in samples], dtype=np.int64), classes,
+                   _identity(root, samples, classes), stamp, lambda k: ((p, None) for p, _ in samples[k:]))
+
+
+def list_split(root: Path | str, split: str, classes: tuple[str, ...] | None = None,
+               max_per_class: int | None = None) -> Listing:
+    if str(root).startswith(HF_PREFIX):
+        from .hfdata import list_hf
+        return list_hf(str(root)[len(HF_PREFIX):], split, classes, max_per_class)
+    return list_folder(Path(root), split, classes, max_per_class)
 
 
 def _load(args):
@@ -111,11 +155,10 @@ def cache_dir(explicit: str | None = None) -> Path:
     return Path(explicit or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "alexnet-ablation")
 
 
-def _digest(samples: list[tuple[str, int]], size: int) -> str:
+def _digest(listing: Listing, size: int) -> str:
     h = hashlib.sha1(f"v{CACHE_VERSION}:{size}".encode())
-    for path, label in samples:
-        st = os.stat(path)
-        h.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    for line in listing.stamp():
+        h.update(line.encode())
     return h.hexdigest()[:16]
 
 
@@ -128,69 +171,112 @@ def _identity(root: Path, samples: list[tuple[str, int]], classes: tuple[str, ..
     return h.hexdigest()[:16]
 
 
-def _owner(pid: int) -> str:
-    return f"{socket.gethostname()}-pid{pid}"
+def _lock(path: Path) -> int:
+    """An fd holding an exclusive flock on `path` (waits for another process that holds it)."""
+    import fcntl
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
 
 
-def sweep_orphans(folder: Path) -> list[Path]:
-    """Remove temporary cache folders left by a killed process (kill -9 while decoding) on this
-    host: `.<name>.<host>-pid<N>.<random>` whose process N no longer exists. Returns them."""
-    mine = re.compile(rf"\..+\.{re.escape(socket.gethostname())}-pid(\d+)\..+")
-    removed = []
-    for tmp in folder.glob(".*"):
-        found = mine.fullmatch(tmp.name)
-        if not found:
-            continue
-        try:
-            os.kill(int(found.group(1)), 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
-        except PermissionError:   # alive, another user's
-            pass
-    return removed
+def _decode(args) -> tuple[np.ndarray | None, str]:
+    name, size, file, skip = args
+    try:
+        return load_image(name, size, file), ""
+    except DataError as err:
+        if not skip:
+            raise DataError(f"{err}. Remove or replace the file and rerun, or run preprocess.py for this "
+                            f"profile first (it leaves unreadable images out)") from None
+        return None, str(err)
 
 
-def load_split(root: Path, split: str, size: int, classes: tuple[str, ...] | None = None,
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def build_cache(listing: Listing, final: Path, split: str, size: int, workers: int | None = None,
+                progress: bool = True, skip_unreadable: bool = False) -> None:
+    """Decode `listing` into `final` (images.npy, labels.npy, meta.json), resumably: the work goes
+    to `.<name>.partial` beside it, whose progress.json records, after every chunk is flushed, how
+    far it got; a killed decode continues from there, and the folder is renamed into place only
+    when complete. One process at a time builds a given cache (an flock; another waits, then uses
+    the result). An unreadable image stops the decode (the partial folder is removed), or with
+    `skip_unreadable` is left out and named in meta.json."""
+    n = len(listing.labels)
+    part = final.parent / f".{final.name}.partial"
+    try:
+        part.mkdir(parents=True, exist_ok=True)
+        fd = _lock(part / "lock")
+    except OSError as err:
+        if (final / "meta.json").exists():   # finished and renamed by another process meanwhile
+            return
+        raise DataError(f"cannot write the image cache in {final.parent} ({err.strerror}); pass --cache-dir "
+                        f"DIR (or set ${CACHE_ENV}) to a folder you can write") from None
+    try:
+        if (final / "meta.json").exists():
+            shutil.rmtree(part, ignore_errors=True)
+            return
+        state_file = part / "progress.json"
+        state = json.loads(state_file.read_text()) if state_file.exists() else {"next": 0, "kept": 0, "skipped": []}
+        images = np.lib.format.open_memmap(part / "images.npy", "r+" if state["next"] else "w+", np.uint8,
+                                           None if state["next"] else (n, 3, size, size))
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=n, initial=state["next"], desc=f"decode {split} {size}px", unit="img", leave=False)
+        # threads, not processes: Pillow releases the GIL while decoding and resizing, and a forked
+        # pool can deadlock once torch's threads exist; chunks bound what is held at once
+        jobs = listing.images(state["next"])
+        with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+            while chunk := list(itertools.islice(jobs, CHUNK)):
+                for (name, _), (arr, error) in zip(chunk, pool.map(_decode, [(name, size, f, skip_unreadable)
+                                                                          for name, f in chunk])):
+                    if arr is None:
+                        state["skipped"].append([state["next"], error])
+                    else:
+                        images[state["kept"]] = arr
+                        state["kept"] += 1
+                    state["next"] += 1
+                images.flush()
+                _write_json(state_file, state)
+                if bar:
+                    bar.update(len(chunk))
+        if bar:
+            bar.close()
+        del images
+        dropped = {i for i, _ in state["skipped"]}
+        np.save(part / "labels.npy", np.array([l for i, l in enumerate(listing.labels) if i not in dropped], np.int64))
+        identity = listing.identity if not dropped else hashlib.sha1(
+            f"{listing.identity}|skipped {sorted(dropped)}".encode()).hexdigest()[:16]
+        _write_json(part / "meta.json", {"root": listing.root, "split": split, "size": size,
+                                         "classes": listing.classes, "n": n, "kept": state["kept"],
+                                         "identity": identity, "skipped": [e for _, e in state["skipped"]]})
+        state_file.unlink()
+        (part / "lock").unlink()
+        os.replace(part, final)
+    except DataError:
+        shutil.rmtree(part, ignore_errors=True)   # an unreadable image: the data must change first
+        raise
+    finally:
+        os.close(fd)
+
+
+def load_split(root: Path | str, split: str, size: int, classes: tuple[str, ...] | None = None,
                max_per_class: int | None = None, cache: str | None = None, workers: int | None = None,
-               progress: bool = True) -> Split:
-    samples, classes = scan(root, split, classes, max_per_class)
-    digest = _digest(samples, size)
+               progress: bool = True, skip_unreadable: bool = False) -> Split:
+    """The split decoded at `size`, from its cache (built first when missing: build_cache)."""
+    listing = list_split(root, split, classes, max_per_class)
+    digest = _digest(listing, size)
     final = cache_dir(cache) / f"{split}-{size}px-{digest}"
-    if not (final / "images.npy").exists():
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            sweep_orphans(final.parent)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_owner(os.getpid())}.", dir=final.parent))
-        except OSError as err:
-            raise DataError(f"cannot write the image cache in {final.parent} ({err.strerror}); pass --cache-dir "
-                            f"DIR (or set ${CACHE_ENV}) to a folder you can write") from None
-        try:
-            images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (len(samples), 3, size, size))
-            jobs = [(p, size) for p, _ in samples]
-            # threads, not processes: Pillow releases the GIL while decoding and resizing, and a
-            # forked pool can deadlock once torch's threads exist
-            with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-                it = pool.map(_load, jobs)
-                if progress:
-                    from tqdm import tqdm
-                    it = tqdm(it, total=len(jobs), desc=f"decode {split} {size}px", unit="img", leave=False)
-                for i, arr in enumerate(it):
-                    images[i] = arr
-            images.flush()
-            del images
-            np.save(tmp / "labels.npy", np.array([l for _, l in samples], dtype=np.int64))
-            (tmp / "meta.json").write_text(json.dumps({"root": str(root), "split": split, "size": size,
-                                                       "classes": classes, "n": len(samples)}))
-            try:
-                os.replace(tmp, final)
-            except OSError:   # another process finished the same cache first: use theirs
-                if not (final / "images.npy").exists():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return Split(np.load(final / "images.npy", mmap_mode="r"), np.load(final / "labels.npy"),
-                 tuple(classes), str(root), digest, _identity(root, samples, classes))
+    if not (final / "meta.json").exists():
+        build_cache(listing, final, split, size, workers, progress, skip_unreadable)
+    meta = json.loads((final / "meta.json").read_text())
+    kept = meta.get("kept", len(listing.labels))
+    return Split(np.load(final / "images.npy", mmap_mode="r")[:kept], np.load(final / "labels.npy"),
+                 tuple(listing.classes), listing.root, digest, meta.get("identity", listing.identity),
+                 tuple(meta.get("skipped", ())), str(final))
 
 
 @dataclass(frozen=True)
@@ -201,7 +287,24 @@ class Stats:
 
 
 def train_stats(train: Split, chunk: int = 512) -> Stats:
-    """Mean image and RGB covariance over every training pixel, streamed in chunks (float64)."""
+    """Mean image and RGB covariance over every training pixel, streamed in chunks (float64);
+    kept in the split's cache folder (stats.npz) once computed."""
+    saved = Path(train.folder) / "stats.npz" if train.folder else None
+    if saved and saved.exists():
+        with np.load(saved) as f:
+            return Stats(f["mean_image"], f["eigval"], f["eigvec"])
+    stats = _compute_stats(train, chunk)
+    if saved:
+        try:
+            tmp = saved.with_name(f".stats.{os.getpid()}.npz")
+            np.savez(tmp, mean_image=stats.mean_image, eigval=stats.eigval, eigvec=stats.eigvec)
+            os.replace(tmp, saved)
+        except OSError:   # a read-only cache: computed again next time
+            pass
+    return stats
+
+
+def _compute_stats(train: Split, chunk: int) -> Stats:
     n = len(train.images)
     total = np.zeros(train.images.shape[1:], np.float64)
     s1, s2, count = np.zeros(3), np.zeros((3, 3)), 0

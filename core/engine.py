@@ -7,6 +7,7 @@ outcome (core/outcomes.py).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, replace
@@ -19,7 +20,7 @@ from .augment import Pipeline, draw_epoch
 from .checkpoint import Checkpoints, rng_state, set_rng_state
 from .config import RunConfig
 from .data import Split, Stats
-from . import distributed, outcomes, runtime
+from . import distributed, outcomes, runtime, stream
 from .model import AlexNet, Arch, init_weights
 from .schedule import Schedule, build_optimizer
 
@@ -114,9 +115,11 @@ def on_device(split: Split, device: torch.device, max_fraction: float = 0.5) -> 
 
 
 def train_one_epoch(model, optimizer, pipeline: Pipeline, train: Split, batch_size: int, seed: int,
-                    epoch: int, channels_last: bool = True, precision: str = "fp32") -> tuple[float, int]:
+                    epoch: int, channels_last: bool = True, precision: str = "fp32",
+                    from_disk: bool = False) -> tuple[float, int]:
     """One pass over the training set in the epoch's drawn order; returns (mean loss, images).
-    Under torchrun each rank trains its share of every batch (core/distributed.py)."""
+    from_disk: the batches' rows streamed from the cache file (core/stream.py) instead of gathered
+    from the cache. Under torchrun each rank trains its share of every batch (core/distributed.py)."""
     model.train()
     device = pipeline.device
     n = len(train.labels)
@@ -125,15 +128,24 @@ def train_one_epoch(model, optimizer, pipeline: Pipeline, train: Split, batch_si
     labels = torch.from_numpy(train.labels).to(device)
     total = torch.zeros((), device=device)
     ranks = distributed.size()
+    spans = []   # (first, stop) epoch positions this rank trains, its offset in the batch, the batch's size
     for start in range(0, n, batch_size):
         whole = min(batch_size, n - start)
         lo, hi = distributed.part(whole)
-        pos = slice(start + lo, start + hi)
-        idx = draws.order[pos] if torch.is_tensor(train.images) else host.order[pos].numpy()
-        x = layout(pipeline.train_batch(gather(train.images, idx), draws, start + lo), channels_last)
-        with distributed.batch_shard(lo, whole):
-            loss = train_step(model, optimizer, x, labels[draws.order[pos]], precision, (hi - lo) * ranks / whole)
-        total += loss * len(idx)
+        spans.append((start + lo, start + hi, lo, whole))
+    with contextlib.ExitStack() as stack:
+        if from_disk:
+            reader = stack.enter_context(stream.Reader(train.images, pin=device.type == "cuda"))
+            rows = reader.batches(host.order[a:b].numpy() for a, b, _, _ in spans)
+        else:
+            on_device = torch.is_tensor(train.images)
+            rows = (gather(train.images, draws.order[a:b] if on_device else host.order[a:b].numpy())
+                    for a, b, _, _ in spans)
+        for (a, b, lo, whole), images in zip(spans, rows):
+            x = layout(pipeline.train_batch(images, draws, a), channels_last)
+            with distributed.batch_shard(lo, whole):
+                loss = train_step(model, optimizer, x, labels[draws.order[a:b]], precision, (b - a) * ranks / whole)
+            total += loss * (b - a)
     return distributed.all_sum(total).item() / n, n
 
 
@@ -179,9 +191,11 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
     model = build_model(cfg, num_classes).to(dev)
     torch.manual_seed(cfg.seed)   # dropout stream, independent of how many draws init took
     pipeline = build_pipeline(cfg, data.stats).to(dev)
+    input_path = stream.resolve(p.input, data.train.images, dev)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        data = Data(on_device(data.train, dev), on_device(data.val, dev), data.stats)
+        if input_path == "memory":
+            data = Data(on_device(data.train, dev), on_device(data.val, dev), data.stats)
     optimizer = build_optimizer(model, p.lr, p.momentum, p.weight_decay, t)
     schedule = Schedule(optimizer, t, p.lr, cfg.patience)
     saved = distributed.broadcast(checkpoints.latest() if checkpoints else None)
@@ -203,7 +217,7 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
         lr = schedule.lr
         t0 = time.perf_counter()
         loss, seen = train_one_epoch(net, optimizer, pipeline, data.train, p.batch_size, cfg.seed, epoch,
-                                     p.channels_last, precision)
+                                     p.channels_last, precision, input_path == "stream")
         train_s = time.perf_counter() - t0
         if not math.isfinite(loss):
             diverged = True

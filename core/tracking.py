@@ -333,9 +333,14 @@ class MlflowTracker:
         import mlflow
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
-        with warnings.catch_warnings():   # a local path matches MLflow's local source twice; same class
-            warnings.simplefilter("ignore", UserWarning)
-            source = resolve_dataset_source(dataset["source"])
+        where = dataset["source"]
+        if where.startswith("hf:") and not os.path.isdir(where[3:]):   # a Hugging Face dataset name
+            from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+            source = HuggingFaceDatasetSource(path=where[3:])
+        else:                                                           # a folder (ImageFolder, save_to_disk)
+            with warnings.catch_warnings():   # a local path matches MLflow's local source twice; same class
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(where.removeprefix("hf:"))
         ds = MetaDataset(source, name=dataset["name"], digest=dataset["digest"])
         mlflow.log_input(ds, context=dataset.get("context", "training"))
 

@@ -178,39 +178,42 @@ def test_truncated_jpeg_is_a_data_error(tiny_imagefolder, tmp_path):
 SLOW_DECODE = """
 import sys, time
 import core.data as d
-real = d._load
+real = d._decode
 def slow(args):
     time.sleep(0.3)
     return real(args)
-d._load = slow
+d._decode = slow
+d.CHUNK = 4
 d.load_split(d.Path(sys.argv[1]), "train", int(sys.argv[3]), cache=sys.argv[2], workers=1, progress=False)
 """
 
 
-def test_kill_9_while_decoding_leaves_nothing_the_next_load_keeps(tiny_imagefolder, tmp_path):
-    """A decode killed with SIGKILL leaves its temporary folder; the next load_split on this host
-    removes it (its process is gone) and builds one complete entry."""
+def test_a_decode_killed_with_kill_9_continues_where_it_stopped(tiny_imagefolder, tmp_path, monkeypatch):
+    """A decode killed with SIGKILL leaves its .partial folder with the progress of every flushed
+    chunk; the next load_split continues from there (decoding only the rest) and gives exactly the
+    uninterrupted result, with nothing left beside the one complete entry."""
+    import json
     import signal
     import subprocess
     import sys
     import time
     cache = tmp_path / "cache"
     proc = subprocess.Popen([sys.executable, "-c", SLOW_DECODE, str(tiny_imagefolder), str(cache), str(PREP)])
-    deadline = time.time() + 60
-    while not (cache.exists() and any(p.name.startswith(".") for p in cache.iterdir())):
-        assert time.time() < deadline and proc.poll() is None, "the decode never started"
-        time.sleep(0.05)
-    time.sleep(0.5)                                   # mid-decode
-    proc.send_signal(signal.SIGKILL)
+    deadline = time.time() + 120
+    progress = lambda: list(cache.glob(".*.partial/progress.json")) if cache.exists() else []
+    while not progress():
+        assert time.time() < deadline and proc.poll() is None, "the decode never wrote its progress"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)                  # after its first chunk, mid-way through the next
     proc.wait()
-    (orphan,) = cache.iterdir()
-    assert orphan.name.startswith(".") and (orphan / "images.npy").exists()
-    good = split(tiny_imagefolder, "train", cache)
-    assert [p.name for p in cache.iterdir()] == [f"train-{PREP}px-{good.digest}"]
-    assert len(good.labels) == len(CLASSES) * TRAIN_PER_CLASS
-
-
-def test_sweep_keeps_folders_of_live_processes(tmp_path):
-    live = tmp_path / f".train-37px-x.{data_mod._owner(os.getpid())}.abc"
-    live.mkdir()
-    assert data_mod.sweep_orphans(tmp_path) == [] and live.exists()
+    done = json.loads(progress()[0].read_text())["next"]
+    assert 0 < done < len(CLASSES) * TRAIN_PER_CLASS
+    decoded = []
+    real = data_mod._decode
+    monkeypatch.setattr(data_mod, "_decode", lambda args: decoded.append(args[0]) or real(args))
+    resumed = split(tiny_imagefolder, "train", cache)
+    assert len(decoded) == len(CLASSES) * TRAIN_PER_CLASS - done      # only the rest was decoded
+    assert [p.name for p in cache.iterdir()] == [f"train-{PREP}px-{resumed.digest}"]
+    whole = split(tiny_imagefolder, "train", tmp_path / "other")
+    assert np.array_equal(np.asarray(resumed.images), np.asarray(whole.images))
+    assert np.array_equal(resumed.labels, whole.labels) and resumed.identity == whole.identity

@@ -1,0 +1,89 @@
+"""Where training batches come from: the uint8 cache held in memory, or streamed from disk.
+
+"memory": the cache is gathered from (on a GPU, copied to GPU memory first when it fits there);
+on the CPU the memory-mapped file is read through the page cache. "stream", for a cache that does
+not fit: each batch's rows are read from the cache file with positional reads, in the order of
+the epoch's draws, on background threads a few batches ahead of the one being trained, into
+pinned memory on a GPU machine so the copy to the device overlaps compute too. The rows are the
+very bytes the in-memory path gathers, and crops, flips and lighting are drawn as always, so a run
+gives the same result on either path. "auto" (the profiles' default) picks "memory" when the
+training cache fits in half the GPU's free memory (on a GPU) or half the available RAM (on the
+CPU), else "stream"; the choice is logged as the run's param `input`.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+DEPTH = 3      # batches read ahead of the one being trained
+THREADS = 4    # reader threads (positional reads release the GIL)
+
+
+def resolve(choice: str, images, device: torch.device) -> str:
+    """The input path for a training cache (`images`, (N, 3, P, P) uint8) on `device`."""
+    if choice != "auto":
+        return choice
+    if not isinstance(images, np.memmap):   # already in memory (tests, synthetic data)
+        return "memory"
+    if device.type == "cuda":
+        room = torch.cuda.mem_get_info(device)[0]
+    else:
+        import psutil
+        room = psutil.virtual_memory().available
+    return "memory" if images.nbytes <= 0.5 * room else "stream"
+
+
+class Reader:
+    """Batches of rows of a uint8 .npy cache file, read ahead on threads (one per epoch)."""
+
+    def __init__(self, images: np.memmap, pin: bool = False, depth: int = DEPTH, threads: int = THREADS):
+        if not isinstance(images, np.memmap):
+            raise ValueError("stream input reads the cache file: give the memory-mapped cache")
+        self.shape, self.offset = images.shape[1:], images.offset
+        self.row = int(np.prod(self.shape))
+        self.pin, self.depth = pin, depth
+        self.fd = os.open(images.filename, os.O_RDONLY)
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="stream")
+
+    def read(self, idx: np.ndarray) -> torch.Tensor:
+        """Rows `idx`, in that order, as a (B, 3, P, P) uint8 tensor (pinned when asked); the file is
+        read in ascending row order."""
+        out = torch.empty((len(idx), *self.shape), dtype=torch.uint8, pin_memory=self.pin)
+        buf = out.numpy()
+        for j in np.argsort(idx, kind="stable"):
+            got = os.preadv(self.fd, [buf[j]], self.offset + int(idx[j]) * self.row)
+            if got != self.row:
+                raise OSError(f"short read of row {idx[j]} from the image cache: the file is truncated; "
+                              f"delete its cache folder and run again")
+        return out
+
+    def batches(self, indices: Iterable[np.ndarray]) -> Iterator[torch.Tensor]:
+        """One tensor per index array, `depth` batches read ahead."""
+        it = iter(indices)
+        pending = collections.deque(self.pool.submit(self.read, idx) for idx in itertools.islice(it, self.depth))
+        try:
+            while pending:
+                batch = pending.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(self.pool.submit(self.read, nxt))
+                yield batch
+        finally:
+            for f in pending:
+                f.cancel()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        os.close(self.fd)
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
