@@ -95,9 +95,13 @@ def test_preprocess_strict_stops_at_the_unreadable_image_and_leaves_no_cache(tin
 
 
 def test_preprocess_bad_input_is_one_line(tmp_path):
-    res = preprocess(tmp_path, "--data-root", str(tmp_path / "nowhere"))
-    assert res.returncode == 2 and "no imagenette dataset" in res.stderr and "Traceback" not in res.stderr
-    res = preprocess(tmp_path, "--workers", "0")
-    assert res.returncode == 2 and "--workers must be at least 1" in res.stderr
-    res = preprocess(tmp_path, "--profile", "nope")
-    assert res.returncode == 2 and "nope" in res.stderr and "Traceback" not in res.stderr
+    import contextlib
+    import io
+    import preprocess as command
+    for args, expected in ((["--data-root", str(tmp_path / "nowhere")], "no imagenette dataset"),
+                           (["--workers", "0"], "--workers must be at least 1"),
+                           (["--profile", "nope"], "nope")):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = command.main(["--profile", "smoke", "--cache-dir", str(tmp_path / "cache"), *args])
+        assert code == 2 and expected in err.getvalue() and "Traceback" not in err.getvalue(), err.getvalue()

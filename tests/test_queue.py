@@ -34,7 +34,7 @@ def test_two_workers_on_postgres_logging_to_an_mlflow_server_train_every_cell_on
         cmd[cmd.index("--tracking-uri") + 1] = server
         res = subprocess.run(cmd + ["--storage", url, "--workers", "2", "--checkpoint-dir", str(tmp_path / "ck")],
                              cwd=REPO, capture_output=True, text=True, timeout=600, env=ENV)
-        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.returncode == 0, res.stderr[res.stderr.find("Traceback"):][:4000] or res.stderr[-3000:]
         found = check_complete(tmp_path, server, tmp_path / "ck")
         weights = mlflow.artifacts.download_artifacts(run_id=found[0].info.run_id, tracking_uri=server,
                                                       artifact_path="config.yaml", dst_path=str(tmp_path / "dl"))
