@@ -54,3 +54,14 @@ def test_a_truncated_cache_file_is_a_clear_error(tiny_data, tmp_path):
 def test_an_unknown_input_is_refused():
     with pytest.raises(ConfigError, match="input 'ram' unknown; choices: auto, memory, stream"):
         dataclasses.replace(tiny_profile(), input="ram")
+
+
+def test_the_stream_benchmark_runs_end_to_end_on_synthetic_jpegs(tmp_path):
+    import json
+    from tools import streambench
+    out = tmp_path / "stream.json"
+    assert streambench.main(["--profile", "smoke", "--classes", "3", "--per-class", "6", "--epochs", "1",
+                             "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["train_images"] == 18 and res["memory"] > 0 and res["stream"] > 0
+    assert res["stream_over_memory"] == res["stream"] / res["memory"]

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import mmap
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -60,6 +61,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the result here too")
     a = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="streambench-"))
+    try:
+        return measure(a, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)   # the synthetic JPEGs and their cache
+
+
+def measure(a, work: Path) -> int:
     root = a.data
     if root is None:
         root = work / "data"
