@@ -38,26 +38,21 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from core.data import DataError, load_split, resolve_root, train_stats
+    from ablations.runner import load_data
+    from core.data import DataError
     try:
         if args.workers is not None and args.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {args.workers}")
         prof = load_experiments(args.config).profile(args.profile)
-        root = resolve_root(prof.dataset, args.data_root)
         t0 = time.perf_counter()
-        splits = {}
-        for name in ("train", "val"):
-            splits[name] = load_split(root, name, prof.prep_size, classes=splits["train"].classes if splits else None,
-                                      max_per_class=prof.max_per_class, cache=args.cache_dir, workers=args.workers,
-                                      skip_unreadable=not args.strict)
-        train_stats(splits["train"])
+        data = load_data(prof, args.data_root, args.cache_dir, args.workers, skip_unreadable=not args.strict)
     except (ConfigError, DataError) as err:
         print(f"\nerror: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to continue where it stopped", file=sys.stderr)
         return 130
-    for name, split in splits.items():
+    for name, split in (("train", data.train), ("val", data.val)):
         print(f"{name}: {len(split.labels)} images of {len(split.classes)} classes at {prof.prep_size} px, "
               f"{len(split.skipped)} unreadable left out -> {split.folder}")
         for message in split.skipped[:SHOWN]:

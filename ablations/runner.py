@@ -68,11 +68,12 @@ def data_identity(data: Data) -> str:
     return hashlib.sha1(f"{data.train.identity}|{data.val.identity}".encode()).hexdigest()[:16]
 
 
-def load_data(profile: Profile, data_root: str | None = None, cache: str | None = None) -> Data:
+def load_data(profile: Profile, data_root: str | None = None, cache: str | None = None,
+              workers: int | None = None, skip_unreadable: bool = False) -> Data:
     root = resolve_root(profile.dataset, data_root)
-    train_split = load_split(root, "train", profile.prep_size, max_per_class=profile.max_per_class, cache=cache)
-    val_split = load_split(root, "val", profile.prep_size, classes=train_split.classes,
-                           max_per_class=profile.max_per_class, cache=cache)
+    kw = dict(max_per_class=profile.max_per_class, cache=cache, workers=workers, skip_unreadable=skip_unreadable)
+    train_split = load_split(root, "train", profile.prep_size, **kw)
+    val_split = load_split(root, "val", profile.prep_size, classes=train_split.classes, **kw)
     return Data(train_split, val_split, train_stats(train_split))
 
 

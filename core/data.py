@@ -147,10 +147,6 @@ def list_split(root: Path | str, split: str, classes: tuple[str, ...] | None = N
     return list_folder(Path(root), split, classes, max_per_class)
 
 
-def _load(args):
-    return load_image(*args)
-
-
 def cache_dir(explicit: str | None = None) -> Path:
     return Path(explicit or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "alexnet-ablation")
 

@@ -27,8 +27,8 @@ import numpy as np
 
 from core import runtime
 from core.config import REPO, RunConfig, load_experiments
-from core.data import load_split, train_stats
-from core.engine import Data, resolve_device, train
+from ablations.runner import load_data
+from core.engine import resolve_device, train
 from core.toggles import make_toggles
 from core.tracking import MemoryTracker
 from tools import fakedata
@@ -76,9 +76,8 @@ def measure(a, work: Path) -> int:
         print(f"wrote {n} JPEGs in {time.perf_counter() - t0:.0f} s to {root}", flush=True)
     prof = load_experiments(REPO / "experiments.yaml").profile(a.profile)
     t0 = time.perf_counter()
-    train_split = load_split(root, "train", prof.prep_size, cache=str(work / "cache"))
-    val = load_split(root, "val", prof.prep_size, classes=train_split.classes, cache=str(work / "cache"))
-    data = Data(train_split, val, train_stats(train_split))
+    data = load_data(prof, str(root), str(work / "cache"))
+    train_split = data.train
     print(f"cache: {len(train_split.labels)} images at {prof.prep_size} px, {train_split.images.nbytes / 2 ** 30:.2f} GiB, "
           f"built in {time.perf_counter() - t0:.0f} s", flush=True)
     device = resolve_device(a.device)
