@@ -74,12 +74,14 @@ class Pipeline:
         return self
 
     # -- pieces --------------------------------------------------------------------------------
-    def normalise(self, x: torch.Tensor, mean_image: torch.Tensor | None = None) -> torch.Tensor:
+    def normalise(self, x: torch.Tensor, mean_image: torch.Tensor | None = None, inplace: bool = False) -> torch.Tensor:
         """x: float (B, 3, H, W) in 0..255 -> network scale (input_scale toggle, §2). mean_image:
-        the training mean at the same pixels as x (default: the whole P x P mean image)."""
+        the training mean at the same pixels as x (default: the whole P x P mean image). inplace:
+        overwrite x (the same values)."""
         if self.input_scale == "paper":   # raw 0..255 minus the training mean image
-            return x - (self.mean_image if mean_image is None else mean_image)
-        return (x - self.unit_mean) / self.unit_std
+            mean = self.mean_image if mean_image is None else mean_image
+            return x.sub_(mean) if inplace else x - mean
+        return x.sub_(self.unit_mean).div_(self.unit_std) if inplace else (x - self.unit_mean) / self.unit_std
 
     def lighting_shift(self, alphas: torch.Tensor) -> torch.Tensor:
         """§4.1: one RGB shift per image, eigvec @ (alpha * eigval): (B, 3) in 0..255 units."""
@@ -138,6 +140,15 @@ class Pipeline:
         sl = slice(start, start + b)
         x = self._as_tensor(images)
         flips = draws.flips[sl].to(self.device)
+        alphas = draws.alphas[sl].to(self.device)
+        if self.crop == "paper" and self.pca != "fancy_pca":
+            # everything after the paper's crop is per pixel: done on the whole image, the crop last,
+            # the same values with one gather of the result instead of gathers of image and mean image
+            offsets = draws.offsets[sl].to(self.device)
+            x = x.float()
+            if self.pca == "paper":
+                x.add_(self.lighting_shift(alphas)[:, :, None, None])
+            return crop_flip(self.normalise(x, inplace=True), offsets, flips, self.crop_size)
         mean = self.mean_image.expand(b, -1, -1, -1)
         if self.crop == "paper":
             offsets = draws.offsets[sl].to(self.device)
@@ -147,7 +158,6 @@ class Pipeline:
             both = self.random_resized(torch.cat([x.float(), mean], 1), draws.rrc[sl])
             both = torch.where(flips[:, None, None, None], both.flip(-1), both)
             x, mean = both[:, :3], both[:, 3:]
-        alphas = draws.alphas[sl].to(self.device)
         if self.pca == "paper":
             x = x + self.lighting_shift(alphas)[:, :, None, None]
         elif self.pca == "fancy_pca":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -91,3 +92,28 @@ def test_gpu_synthetic_without_cuda_fails_clearly(capsys):
 def test_bad_skip_is_refused(capsys):
     assert bench.main(["--skip", "nonsense", "--quick"]) == 2
     assert "choices" in capsys.readouterr().err
+
+
+def test_interleaved_rounds_share_the_time_and_survive_a_failing_row():
+    """Every row gets a slice in every round, in turn; a row that raises gets its error and the
+    others still finish all their rounds."""
+    order = []
+
+    def loop(name, fail_at=None):
+        def run(batches, call):
+            order.append((name, call))
+            if fail_at is not None and call == fail_at:
+                raise RuntimeError("boom")
+            time.sleep(0.001 * batches)
+            return 4 * batches
+        return bench.Loop(name, 4, run)
+    budget = bench.Budget(seconds=0.06, warmup=1, chunk=2, rounds=3)
+    rows = bench.time_interleaved([loop("a"), loop("b", fail_at=2), loop("c")], budget, torch.device("cpu"))
+    assert "boom" in rows["b"].error and rows["b"].round_ips == []
+    for name in ("a", "c"):
+        assert rows[name].error == "" and len(rows[name].round_ips) == 3 and rows[name].ips > 0
+        assert rows[name].note.startswith("median of 3 rounds")
+    timed = [name for name, call in order if call > 0]
+    first = [timed.index(n) for n in ("a", "b", "c")]
+    assert first == sorted(first)                        # warm-ups, then round 1 in order a, b, c
+    assert [call for name, call in order if name == "b"] == [0, 1, 2]   # warm-up, ok, failed; then left out

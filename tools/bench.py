@@ -14,9 +14,12 @@ Rows of the CPU table (every training row: forward, backward and SGD step of the
                 resize, RandomResizedCrop, albumentations flip / FancyPCA / Normalize; fp32, NCHW,
                 nn.LocalResponseNorm in place of core.lrn.LRN.
   (c) compute   train_one_epoch again, but fed pre-made float batches already in memory.
-  (d) roofline  FlopCounterMode training FLOPs per image against the measured fp32 torch.mm rate.
+  (d) roofline  FlopCounterMode training FLOPs per image against the measured torch.mm rate at the
+                precision the profile resolves to.
 Then compute-only variants (LRN cost, memory layout, bf16 autocast, torch.compile) and the cost
-of the per-epoch MLflow logging. Each measurement first runs untimed warm-up batches.
+of the per-epoch MLflow logging. Each measurement first runs untimed warm-up batches. Rows (a),
+(c), (d), the eval row and the variants are timed interleaved, in rounds (time_interleaved), so a
+machine whose speed drifts during the run slows them alike and their ratios stay put.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import dataclasses
 import itertools
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -66,6 +70,7 @@ class Budget:
     seconds: float = 20.0
     warmup: int = 2               # untimed batches first (worker start-up, allocator, autotuning)
     chunk: int = 5                # batches per train_one_epoch call when timing by seconds
+    rounds: int = 6               # CPU rows: the seconds are spread over this many interleaved rounds
 
 
 @dataclass
@@ -78,11 +83,15 @@ class Timing:
     warmup_s: float = 0.0
     note: str = ""
     error: str = ""
+    round_ips: list = dataclasses.field(default_factory=list)   # images/s in each interleaved round
 
     @property
     def ips(self) -> float:
-        """Images per second (nan when the measurement failed)."""
-        return self.images / self.seconds if self.seconds > 0 and not self.error else float("nan")
+        """Images per second (nan when the measurement failed); timed in 3 or more interleaved
+        rounds: the median round's, so one disturbed round does not move the row."""
+        if self.error or self.seconds <= 0:
+            return float("nan")
+        return statistics.median(self.round_ips) if len(self.round_ips) >= 3 else self.images / self.seconds
 
     @property
     def ms_per_batch(self) -> float:
@@ -141,6 +150,68 @@ def time_steps(name: str, batch: int, step: Callable[[], int], budget: Budget, d
     return out
 
 
+@dataclass(frozen=True)
+class Loop:
+    """A measurement that runs in calls: run(batches, call_index) trains (or evaluates) `batches`
+    batches and returns the images it saw; at least `warmup` untimed batches first (None: the
+    budget's)."""
+    name: str
+    batch: int
+    run: Callable[[int, int], float]
+    warmup: int | None = None
+
+
+def time_interleaved(loops: list[Loop], budget: Budget, device: torch.device) -> dict[str, Timing]:
+    """Time several loops fairly on a machine whose speed drifts (shared hosts, turbo): each is
+    warmed up, then the timed seconds are dealt out in budget.rounds rounds, every loop getting one
+    slice of budget.seconds / rounds per round, in the same order. A slow minute then costs every
+    row alike instead of one row alone, so their ratios hold from one run to the next. With
+    budget.batches: one round of that many batches each. A loop that fails gets its error, the
+    others go on."""
+    rows: dict[str, Timing] = {}
+    for loop in loops:
+        print(f"  warming up {LABELS.get(loop.name, loop.name)} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            loop.run(max(budget.warmup, loop.warmup or 0), 0)
+            sync(device)
+            rows[loop.name] = Timing(loop.name, loop.batch, warmup_s=time.perf_counter() - t0)
+        except Exception as err:   # noqa: BLE001 - report and go on with the other measurements
+            rows[loop.name] = guarded(loop.name, lambda: _raise(err))
+    live = [loop for loop in loops if not rows[loop.name].error]
+    rounds = 1 if budget.batches else max(1, budget.rounds)
+    calls = dict.fromkeys(rows, 0)
+    print(f"  timing {len(live)} rows in {rounds} interleaved round(s) ...", file=sys.stderr, flush=True)
+    for _ in range(rounds):
+        for loop in live:
+            out = rows[loop.name]
+            if out.error:
+                continue
+            images, start = 0.0, time.perf_counter()
+            try:
+                while True:
+                    calls[loop.name] += 1
+                    images += loop.run(budget.batches or budget.chunk, calls[loop.name])
+                    if budget.batches or time.perf_counter() - start >= budget.seconds / rounds:
+                        break
+                sync(device)
+            except Exception as err:   # noqa: BLE001
+                rows[loop.name] = dataclasses.replace(guarded(loop.name, lambda: _raise(err)), warmup_s=out.warmup_s)
+                continue
+            seconds = time.perf_counter() - start
+            out.images += images
+            out.seconds += seconds
+            out.round_ips.append(images / seconds)
+    for out in rows.values():
+        if len(out.round_ips) > 1:
+            out.note = f"median of {len(out.round_ips)} rounds ({min(out.round_ips):.0f}-{max(out.round_ips):.0f})"
+    return rows
+
+
+def _raise(err: Exception):
+    raise err
+
+
 def guarded(name: str, measure: Callable[[], Timing]) -> Timing:
     """Run one measurement; a failure becomes a Timing whose `error` holds the message."""
     try:
@@ -197,7 +268,7 @@ def window(split: Split, images: int, call: int) -> Split:
                                labels=split.labels[start:start + images])
 
 
-def measure_harness(cfg: RunConfig, data: Data, device: torch.device, budget: Budget) -> Timing:
+def harness_loop(cfg: RunConfig, data: Data, device: torch.device) -> Loop:
     """(a) core.engine.train_one_epoch over windows of the real uint8 cache, with the profile's
     batch, layout and precision and the config's augmentation toggles."""
     p = cfg.profile
@@ -208,10 +279,10 @@ def measure_harness(cfg: RunConfig, data: Data, device: torch.device, budget: Bu
         part = window(data.train, batches * p.batch_size, call)
         return train_one_epoch(model, optimizer, pipeline, part, p.batch_size, cfg.seed, call,
                                p.channels_last, p.precision)[1]
-    return time_calls("harness", p.batch_size, run, budget, device)
+    return Loop("harness", p.batch_size, run)
 
 
-def measure_eval(cfg: RunConfig, data: Data, device: torch.device, budget: Budget) -> Timing:
+def eval_loop(cfg: RunConfig, data: Data, device: torch.device) -> Loop:
     """core.engine.evaluate (centre crop) over windows of the val cache: the rest of an epoch."""
     p = cfg.profile
     model, _ = new_model(cfg, device)
@@ -221,7 +292,7 @@ def measure_eval(cfg: RunConfig, data: Data, device: torch.device, budget: Budge
         part = window(data.val, batches * p.eval_batch_size, call)
         evaluate(model, pipeline, part, p.eval_batch_size, channels_last=p.channels_last, precision=p.precision)
         return len(part.labels)
-    return time_calls("eval", p.eval_batch_size, run, budget, device)
+    return Loop("eval", p.eval_batch_size, run)
 
 
 # ------------------------------------------------------------------------------- (b) seed-style loop
@@ -310,19 +381,12 @@ def premade(cfg: RunConfig, data: Data, device: torch.device, count: int = 3) ->
     return [pipeline.train_batch(np.array(data.train.images[s:s + p.batch_size]), draws, s) for s in starts]
 
 
-def measure_compute(name: str, cfg: RunConfig, batches: list[torch.Tensor], device: torch.device,
-                    budget: Budget, torch_lrn: bool = False, compiled: bool = False,
-                    lrn_kernel: str | None = None) -> Timing:
+def compute_loop(name: str, cfg: RunConfig, batches: list[torch.Tensor], device: torch.device,
+                 torch_lrn: bool = False, compiled: bool = False, lrn_kernel: str | None = None) -> Loop:
     """(c) and its variants: train_one_epoch fed pre-made batches (PremadeBatches), with cfg's
     layout, precision and LRN; torch_lrn swaps in nn.LocalResponseNorm; compiled wraps the model
     in torch.compile (its compilation happens in the untimed warm-up, reported as warmup_s);
-    lrn_kernel picks core.lrn's kernels for the measurement (core.lrn.using)."""
-    with lrn_kernels(lrn_kernel):
-        return _time_compute(name, cfg, batches, device, budget, torch_lrn, compiled)
-
-
-def _time_compute(name: str, cfg: RunConfig, batches: list[torch.Tensor], device: torch.device,
-                  budget: Budget, torch_lrn: bool, compiled: bool) -> Timing:
+    lrn_kernel picks core.lrn's kernels for this loop's calls (core.lrn.using)."""
     p = cfg.profile
     model, optimizer = new_model(cfg, device, torch_lrn=torch_lrn, compiled=compiled)
     stub = PremadeBatches([layout(x, p.channels_last) for x in batches], p.image_size, device)
@@ -330,8 +394,9 @@ def _time_compute(name: str, cfg: RunConfig, batches: list[torch.Tensor], device
 
     def run(count: int, call: int) -> int:
         fake = pixel_free(count * bs, p.prep_size, p.num_classes)
-        return train_one_epoch(model, optimizer, stub, fake, bs, cfg.seed, call, p.channels_last, p.precision)[1]
-    return time_calls(name, bs, run, budget, device, warmup=max(budget.warmup, 3) if compiled else None)
+        with lrn_kernels(lrn_kernel):
+            return train_one_epoch(model, optimizer, stub, fake, bs, cfg.seed, call, p.channels_last, p.precision)[1]
+    return Loop(name, bs, run, 3 if compiled else None)
 
 
 # ------------------------------------------------------------------------------- (d) roofline
@@ -339,13 +404,33 @@ def roofline(cfg: RunConfig, batch: torch.Tensor, device: torch.device, seconds:
              dtype: torch.dtype = torch.float32, n: int = 2048) -> dict:
     """(d) training FLOPs per image (forward + backward, FlopCounterMode, one batch) of the harness
     model, the measured n x n torch.mm rate, and their quotient: the matmul-bound images/s."""
+    flops = model_flops(cfg, batch, device)
+    rate = matmul_gflops(device, n, seconds, dtype)
+    return roof_dict(flops, rate, n, dtype)
+
+
+def model_flops(cfg: RunConfig, batch: torch.Tensor, device: torch.device) -> float:
     model, _ = new_model(cfg, device)
     x = layout(batch, cfg.profile.channels_last)
-    y = torch.zeros(len(x), dtype=torch.long, device=device)
-    flops = train_flops_per_image(model, x, y)
-    rate = matmul_gflops(device, n, seconds, dtype)
+    return train_flops_per_image(model, x, torch.zeros(len(x), dtype=torch.long, device=device))
+
+
+def roof_dict(flops: float, rate: float, n: int, dtype: torch.dtype) -> dict:
     return {"train_gflop_per_image": flops / 1e9, "matmul_gflops": rate, "matmul_n": n,
             "matmul_dtype": str(dtype).replace("torch.", ""), "images_per_s": rate * 1e9 / flops}
+
+
+def roofline_loop(flops: float, device: torch.device, dtype: torch.dtype, n: int = 2048) -> Loop:
+    """The roofline as one more interleaved row: each call multiplies `count` n x n matrices and
+    returns the training images that many FLOPs would pay for (so its images/s is the roofline)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+
+    def run(count: int, call: int) -> float:
+        for _ in range(max(count, 2)):
+            torch.mm(a, b)
+        return 2 * n ** 3 * max(count, 2) / flops
+    return Loop("roofline", 0, run, 1)
 
 
 # ------------------------------------------------------------------------------- MLflow logging
@@ -401,7 +486,7 @@ LABELS = {
 
 
 def compute_variants(cfg: RunConfig, skip: set[str]) -> dict[str, tuple[RunConfig, dict]]:
-    """The compute-only runs: key -> (config, extra measure_compute arguments)."""
+    """The compute-only runs: key -> (config, extra compute_loop arguments)."""
     p = cfg.profile
     out = {"compute": (cfg, {})}
     if "lrn" not in skip and cfg.toggles.lrn:
@@ -421,27 +506,43 @@ def compute_variants(cfg: RunConfig, skip: set[str]) -> dict[str, tuple[RunConfi
 
 def run_cpu(cfg: RunConfig, data: Data, root, device: torch.device, budget: Budget,
             skip: set[str] = frozenset(), quick: bool = False, data_args: tuple = ()) -> dict:
-    """Every measurement of the table, each guarded (a failure is reported, the rest still run)."""
+    """Every measurement of the table, each guarded (a failure is reported, the rest still run).
+    The training, eval, compute and roofline rows are timed interleaved (time_interleaved); the
+    seed-style loop runs alone (its DataLoader workers would prefetch during the other rows)."""
     rows: dict[str, Timing] = {}
+    loops: list[Loop] = []
 
-    def add(key: str, measure: Callable[[], Timing]) -> None:
-        print(f"  measuring {LABELS[key]} ...", file=sys.stderr, flush=True)
-        rows[key] = guarded(key, measure)
+    def add(key: str, make: Callable[[], Loop]) -> None:
+        try:
+            loops.append(make())
+        except Exception as err:   # noqa: BLE001
+            rows[key] = guarded(key, lambda: _raise(err))
 
-    add("harness", lambda: measure_harness(cfg, data, device, budget))
+    add("harness", lambda: harness_loop(cfg, data, device))
     if "eval" not in skip:
-        add("eval", lambda: measure_eval(cfg, data, device, budget))
-    if "plain" not in skip:
-        add("plain", lambda: measure_plain(cfg, root, device, budget))
+        add("eval", lambda: eval_loop(cfg, data, device))
     batches = premade(cfg, data, device) if "compute" not in skip else []
     for key, (vcfg, extra) in (compute_variants(cfg, skip).items() if batches else []):
-        add(key, lambda: measure_compute(key, vcfg, batches, device, budget, **extra))
+        add(key, lambda: compute_loop(key, vcfg, batches, device, **extra))
+    mm_dtype = torch.bfloat16 if cfg.profile.precision == "bf16" else torch.float32   # the profile's precision
+    flops = None
+    if "roofline" not in skip and batches:
+        flops = model_flops(cfg, batches[0], device)
+        add("roofline", lambda: roofline_loop(flops, device, mm_dtype))
+    timed = time_interleaved(loops, budget, device)
+    roof = timed.pop("roofline", None)
+    rows.update(timed)
+    if "plain" not in skip:
+        print(f"  measuring {LABELS['plain']} ...", file=sys.stderr, flush=True)
+        rows["plain"] = guarded("plain", lambda: measure_plain(cfg, root, device, budget))
+    order = ["harness", "eval", "plain", *compute_variants(cfg, skip)]
+    rows = {k: rows[k] for k in order if k in rows}
     out = {"setting": setting(cfg, data, device, budget), "rows": rows}
     if "processes" not in skip and device.type == "cpu":
         out["processes"] = guarded_dict(lambda: two_processes(cfg, budget, data_args))
-    if "roofline" not in skip and batches:
-        mm_dtype = torch.bfloat16 if cfg.profile.precision == "bf16" else torch.float32   # the profile's precision
-        out["roofline"] = guarded_dict(lambda: roofline(cfg, batches[0], device, 0.5 if quick else 3.0, mm_dtype))
+    if roof is not None:
+        out["roofline"] = ({"error": roof.error} if roof.error else
+                           {**roof_dict(flops, roof.ips * flops / 1e9, 2048, mm_dtype), "note": roof.note})
     if "mlflow" not in skip:
         out["mlflow"] = guarded_dict(lambda: mlflow_logging(3 if quick else 10))
     out["ratios"] = summarise(out, len(data.train.labels), len(data.val.labels))
@@ -558,7 +659,7 @@ def _print_table(rows: dict[str, Timing], roof: dict | None) -> None:
     if roof:
         note = roof.get("error") or (f"{roof['train_gflop_per_image']:.3f} GFLOP/image (fwd+bwd) at "
                                      f"{roof['matmul_gflops']:.1f} GFLOP/s ({roof['matmul_dtype']} mm "
-                                     f"{roof['matmul_n']})")
+                                     f"{roof['matmul_n']}){'; ' + roof['note'] if roof.get('note') else ''}")
         print(f"{'(d) roofline (matmul-bound)':50s} {_fmt(roof.get('images_per_s')):>9s} {'':37s}  {note}")
 
 
