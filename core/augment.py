@@ -2,10 +2,12 @@
 
 Every random draw of an epoch comes from one generator seeded by (seed, epoch) and is drawn in
 full whatever the toggles, so seed k gives every variant the same order, crops, flips and
-lighting alphas (paired comparisons).
+lighting alphas (paired comparisons). On the CPU the paper crop with its lighting and scaling runs
+as one C loop (core/augment.c, the same floats as the torch ops, which every other case uses).
 """
 from __future__ import annotations
 
+import ctypes
 import math
 from dataclasses import dataclass, fields
 
@@ -13,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .data import Stats
 from .toggles import Toggles
 
@@ -20,6 +23,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)   # for input_scale=unit_std (torchvision'
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PCA_ALPHA_STD = 0.1                     # §4.1
 RRC_SCALE, RRC_RATIO, RRC_TRIES = (0.08, 1.0), (3 / 4, 4 / 3), 10
+_PTR, _I64 = ctypes.c_void_p, ctypes.c_int64
+_LIB = native.Library("augment.c", {"crop_normalise": ([_PTR] * 8 + [_I64] * 4 + [ctypes.c_int], None)},
+                      "Augmentation")
 
 
 @dataclass(frozen=True)
@@ -145,9 +151,13 @@ class Pipeline:
             # everything after the paper's crop is per pixel: done on the whole image, the crop last,
             # the same values with one gather of the result instead of gathers of image and mean image
             offsets = draws.offsets[sl].to(self.device)
+            shift = self.lighting_shift(alphas) if self.pca == "paper" else None
+            fused = self.crop_normalise(x, offsets, flips, shift)
+            if fused is not None:
+                return fused
             x = x.float()
-            if self.pca == "paper":
-                x.add_(self.lighting_shift(alphas)[:, :, None, None])
+            if shift is not None:
+                x.add_(shift[:, :, None, None])
             return crop_flip(self.normalise(x, inplace=True), offsets, flips, self.crop_size)
         mean = self.mean_image.expand(b, -1, -1, -1)
         if self.crop == "paper":
@@ -164,6 +174,26 @@ class Pipeline:
             x = self.fancy_pca(x, draws.fancy[sl].to(self.device), alphas[:, 0])
         return self.normalise(x, mean)
 
+    def crop_normalise(self, x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
+                       shift: torch.Tensor | None) -> torch.Tensor | None:
+        """The paper crop of uint8 x with its mirror, lighting shift and input scaling in one C loop
+        (core/augment.c): channels_last float, the same values as the torch ops. None where it does
+        not apply (not on the CPU, or not built)."""
+        if x.device.type != "cpu" or x.dtype != torch.uint8 or (lib := _LIB.get()) is None:
+            return None
+        b, c, p, _ = x.shape
+        s = self.crop_size
+        x, offsets, flips = x.contiguous(), offsets.to(torch.int64).contiguous(), flips.to(torch.uint8).contiguous()
+        paper = self.input_scale == "paper"
+        mean = self.mean_image.float().contiguous() if paper else None
+        unit = (self.unit_mean.flatten().contiguous(), self.unit_std.flatten().contiguous())
+        shift = None if shift is None else shift.float().contiguous()
+        out = torch.empty((b, c, s, s), memory_format=torch.channels_last)
+        ptr = lambda t: None if t is None else t.data_ptr()
+        lib.crop_normalise(ptr(x), ptr(offsets), ptr(flips), ptr(shift), ptr(mean), ptr(unit[0]), ptr(unit[1]),
+                           ptr(out), b, c, p, s, torch.get_num_threads())
+        return out
+
     def eval_views(self, images, ten_crop: bool) -> list[torch.Tensor]:
         """Centre crop (1 view) or the paper's 10 views (four corners, centre, and their flips;
         §4.1): a list of float (B, 3, S, S) tensors."""
@@ -176,8 +206,11 @@ class Pipeline:
             flips = torch.full((b,), flip, device=self.device)
             for y, z in corners:   # filled on the device: no host-to-device copy
                 offsets = torch.stack([torch.full((b,), v, device=self.device) for v in (y, z)], 1)
-                mean = crop_flip(self.mean_image.expand(b, -1, -1, -1), offsets, flips, s)
-                views.append(self.normalise(crop_flip(x, offsets, flips, s).float(), mean))
+                view = self.crop_normalise(x, offsets, flips, None)
+                if view is None:
+                    mean = crop_flip(self.mean_image.expand(b, -1, -1, -1), offsets, flips, s)
+                    view = self.normalise(crop_flip(x, offsets, flips, s).float(), mean)
+                views.append(view)
         return views
 
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -72,42 +70,36 @@ def kernel_choice() -> str:
     return choice
 
 
+_I64, _F32, _PTR = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+_LIB = native.Library("lrn.c", {
+    "lrn_forward": ([_PTR, _PTR, _I64, _I64, _I64, _I64, _F32, _F32, _F32, ctypes.c_int], ctypes.c_int),
+    "lrn_backward": ([_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _F32, _F32, _F32, ctypes.c_int], ctypes.c_int),
+}, "LRN", "Set ALEXNET_LRN_KERNEL=eager to skip the attempt.")
+
+
 class _Kernels:
     """The C loops (core/lrn.c), built on first use; plain ops after a failed build. `forced` (see
     `using`) overrides $ALEXNET_LRN_KERNEL."""
 
     def __init__(self):
-        self.lib: ctypes.CDLL | None = None
-        self.failed = False
         self.forced: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return _LIB.failed
+
+    @property
+    def lib(self) -> ctypes.CDLL | None:
+        return _LIB.lib
 
     def native(self, x: torch.Tensor) -> ctypes.CDLL | None:
         """The library to run x through, or None for plain ops."""
         if torch.compiler.is_compiling():   # inside a compiled model: its compiler fuses the plain ops
             return None
         choice = self.forced or kernel_choice()
-        if choice == "eager" or self.failed or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
+        if choice == "eager" or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
             return None
-        if self.lib is None:
-            try:
-                self.lib = _build()
-            except Exception as err:   # noqa: BLE001 - no compiler, or one that rejects the flags
-                self.failed = True
-                detail = (getattr(err, "stderr", None) or str(err)).strip()
-                warnings.warn(f"LRN: the C kernels could not be built ({type(err).__name__}: {detail[:300]}); "
-                              f"using plain ops (slower). Set ALEXNET_LRN_KERNEL=eager to skip the attempt.",
-                              RuntimeWarning)
-                return None
-        return self.lib
-
-
-def _build() -> ctypes.CDLL:
-    lib = native.load(Path(__file__).with_name("lrn.c"))
-    i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    lib.lrn_forward.argtypes = [ptr, ptr, i64, i64, i64, i64, f32, f32, f32, ctypes.c_int]
-    lib.lrn_backward.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, f32, f32, f32, ctypes.c_int]
-    lib.lrn_forward.restype = lib.lrn_backward.restype = ctypes.c_int
-    return lib
+        return _LIB.get()
 
 
 def native_call(fn, *inputs: torch.Tensor, scalars: tuple) -> torch.Tensor:

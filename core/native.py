@@ -16,11 +16,12 @@ import os
 import platform
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 from .data import cache_dir
 
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 
 
 def cpu_features() -> str:
@@ -54,3 +55,28 @@ def load(source: Path) -> ctypes.CDLL:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     return ctypes.CDLL(str(target))
+
+
+class Library:
+    """One C source of this package, built and loaded on first use. `get()` gives the library, or
+    None (after one warning naming the fallback and `hint`) when it cannot be built on this machine.
+    `signatures`: function name -> (argtypes, restype)."""
+
+    def __init__(self, source: str, signatures: dict[str, tuple[list, object]], what: str, hint: str = ""):
+        self.source, self.signatures, self.what, self.hint = source, signatures, what, hint
+        self.lib: ctypes.CDLL | None = None
+        self.failed = False
+
+    def get(self) -> ctypes.CDLL | None:
+        if self.lib is None and not self.failed:
+            try:
+                lib = load(Path(__file__).with_name(self.source))
+                for name, (argtypes, restype) in self.signatures.items():
+                    getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, restype
+                self.lib = lib
+            except Exception as err:   # noqa: BLE001 - no compiler, or one that rejects the flags
+                self.failed = True
+                detail = (getattr(err, "stderr", None) or str(err)).strip()
+                warnings.warn(f"{self.what}: the C kernels could not be built ({type(err).__name__}: {detail[:300]}); "
+                              f"using plain ops (slower).{' ' + self.hint if self.hint else ''}", RuntimeWarning)
+        return self.lib

@@ -191,6 +191,33 @@ def test_paper_train_crop_and_input_scale(shared_tiny_data, input_scale):
         assert out.abs().max() > 20     # still on the 0..255 scale
 
 
+@pytest.mark.parametrize("pca", ["paper", "none"])
+@pytest.mark.parametrize("input_scale", ["paper", "unit_std"])
+def test_c_crop_gives_the_torch_ops_floats(shared_tiny_data, monkeypatch, pca, input_scale):
+    """On the CPU the paper crop, lighting and scaling run as one C loop (core/augment.c): the same
+    floats, bit for bit, as the torch ops that every other device uses, laid out channels_last."""
+    images, draws = epoch_batch(shared_tiny_data, 12)
+    pipe = pipeline(shared_tiny_data, pca=pca, input_scale=input_scale)
+    fused = pipe.train_batch(images, draws, 3)
+    assert fused.is_contiguous(memory_format=torch.channels_last) and not fused.is_contiguous()
+    views = pipe.eval_views(images, ten_crop=True)
+    monkeypatch.setattr(Pipeline, "crop_normalise", lambda *args: None)   # the torch ops
+    plain = pipe.train_batch(images, draws, 3)
+    assert plain.is_contiguous() and torch.equal(fused, plain)
+    assert all(torch.equal(v, w) for v, w in zip(views, pipe.eval_views(images, ten_crop=True)))
+
+
+def test_a_library_that_cannot_be_built_warns_once_and_leaves_nothing(tmp_path, monkeypatch):
+    from core import native
+    monkeypatch.setenv("ALEXNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "false")
+    lib = native.Library("augment.c", {}, "Augmentation")
+    with pytest.warns(RuntimeWarning, match="Augmentation: the C kernels could not be built"):
+        assert lib.get() is None
+    assert lib.get() is None and lib.failed          # no second attempt, no second warning
+    assert list((tmp_path / "native").iterdir()) == []
+
+
 def test_random_resized_crop_boxes(shared_tiny_data):
     """Ramp images reveal each crop box: area fraction in [0.08, 1], aspect ratio in [3/4, 4/3]."""
     p, n, s = 100, 150, CROP
