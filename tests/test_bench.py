@@ -117,3 +117,8 @@ def test_interleaved_rounds_share_the_time_and_survive_a_failing_row():
     first = [timed.index(n) for n in ("a", "b", "c")]
     assert first == sorted(first)                        # warm-ups, then round 1 in order a, b, c
     assert [call for name, call in order if name == "b"] == [0, 1, 2]   # warm-up, ok, failed; then left out
+
+
+def test_bad_rounds_is_refused(capsys):
+    assert bench.main(["--rounds", "0", "--quick"]) == 2
+    assert "--rounds must be at least 1" in capsys.readouterr().err

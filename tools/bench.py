@@ -846,6 +846,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batches", type=int, help="timed batches per measurement (more than an epoch: one "
                                                 "whole epoch for the harness rows)")
     ap.add_argument("--seconds", type=float, help="timed seconds per measurement (default 20; GPU: 10)")
+    ap.add_argument("--rounds", type=int, default=Budget.rounds, help="interleaved rounds the seconds of each "
+                    f"CPU row are spread over; its images/s is the median round's (default {Budget.rounds})")
     ap.add_argument("--quick", action="store_true", help="2 timed batches per measurement after 1 warm-up "
                                                          "(GPU: 3 s); for checking, not for numbers")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -866,13 +868,15 @@ def parser() -> argparse.ArgumentParser:
 def make_budget(args, gpu: bool) -> Budget:
     if args.batches is not None and args.batches < 1:
         raise ConfigError(f"--batches must be at least 1, got {args.batches}")
+    if args.rounds < 1:
+        raise ConfigError(f"--rounds must be at least 1, got {args.rounds}")
     if args.batches:
         return Budget(batches=args.batches, warmup=1 if args.quick else 2)
     if args.seconds:
-        return Budget(seconds=args.seconds, warmup=1 if args.quick else 2)
+        return Budget(seconds=args.seconds, warmup=1 if args.quick else 2, rounds=args.rounds)
     if args.quick:
         return Budget(seconds=3.0, warmup=3) if gpu else Budget(batches=2, warmup=1)
-    return Budget(seconds=10.0 if gpu else 20.0)
+    return Budget(seconds=10.0 if gpu else 20.0, rounds=args.rounds)
 
 
 def parse_skip(text: str) -> set[str]:
