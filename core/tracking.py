@@ -185,21 +185,25 @@ class _MlflowRun:
         ts, step = int(time.time() * 1000), step or 0
         batch = [Metric(k, float(v), ts, step) for k, v in metrics.items() if step > self.logged.get(k, -1)]
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+            with _signals_held():   # a stop never lands inside a store transaction
+                self.client.log_batch(self.run_id, metrics=batch)
 
     def set_tags(self, tags):
         from mlflow.entities import RunTag
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        with _signals_held():
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_dict(self, data, path):
-        self.client.log_text(self.run_id, yaml.safe_dump(data, sort_keys=False), path)
+        with _signals_held():
+            self.client.log_text(self.run_id, yaml.safe_dump(data, sort_keys=False), path)
 
     def log_state_dict(self, state, path):
         import torch
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / Path(path).name
             torch.save(state, local)
-            self.client.log_artifact(self.run_id, str(local), str(Path(path).parent) if Path(path).parent != Path(".") else None)
+            with _signals_held():
+                self.client.log_artifact(self.run_id, str(local), str(Path(path).parent) if Path(path).parent != Path(".") else None)
 
 
 class MlflowTracker:
@@ -294,7 +298,8 @@ class MlflowTracker:
         try:
             _release_signals(held)          # a stop that arrived meanwhile is raised here, inside the try
             if params and not resume:
-                mlflow.log_params({k: str(v) for k, v in params.items()})
+                with _signals_held():
+                    mlflow.log_params({k: str(v) for k, v in params.items()})
             yield _MlflowRun(self.client, active.info.run_id, logged)
         except KeyboardInterrupt:
             with _signals_held():
