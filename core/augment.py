@@ -59,6 +59,9 @@ def draw_epoch(n: int, prep: int, crop: int, seed: int, epoch: int) -> EpochDraw
     )
 
 
+CENTRE_VIEW = 4   # in eval_views(ten_crop=True): the unflipped centre crop
+
+
 class Pipeline:
     """Turns uint8 (B, 3, P, P) batches into normalised float (B, 3, S, S) network inputs, on
     whatever device the batch and the pipeline live on (`to(device)`)."""

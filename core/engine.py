@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import Pipeline, draw_epoch
+from .augment import CENTRE_VIEW, Pipeline, draw_epoch
 from .checkpoint import Checkpoints, rng_state, set_rng_state
 from .config import RunConfig
 from .data import Split, Stats
@@ -152,10 +152,12 @@ def train_one_epoch(model, optimizer, pipeline: Pipeline, train: Split, batch_si
 @torch.no_grad()
 def evaluate(model, pipeline: Pipeline, split: Split, batch_size: int, ten_crop: bool = False,
              average: str = "softmax", channels_last: bool = True, precision: str = "fp32") -> dict[str, float]:
-    """Top-1/top-5 error (fractions). ten_crop: the paper's 10 views, averaged as softmax outputs
-    (paper) or logits (the seed)."""
+    """Top-1/top-5 error (fractions) of the centre crop (val_*); with ten_crop also of the paper's
+    10 views (val10_*), averaged as softmax outputs (paper) or logits (the seed). The centre crop
+    is one of the 10 views: its errors come from the same forward passes."""
     model.eval()
-    wrong1 = wrong5 = torch.zeros((), dtype=torch.long, device=pipeline.device)   # read once, at the end
+    zero = torch.zeros((), dtype=torch.long, device=pipeline.device)
+    wrong = {"val": [zero, zero], "val10": [zero, zero]}   # top-1, top-5; read once, at the end
     n = len(split.labels)
     labels = torch.from_numpy(split.labels).to(pipeline.device)
     lo, hi = distributed.part(n)   # under torchrun: this rank's share, counts summed below
@@ -167,13 +169,18 @@ def evaluate(model, pipeline: Pipeline, split: Split, batch_size: int, ten_crop:
         with autocast(pipeline.device, precision):
             logits = torch.stack([model(layout(v, channels_last)) for v in pipeline.eval_views(images, ten_crop)])
         logits = logits.float()                                                           # (V, B, classes)
-        score = logits.softmax(-1).mean(0) if average == "softmax" else logits.mean(0)   # (B, classes)
-        top5 = score.topk(min(5, score.shape[-1]), -1).indices
-        wrong1 = wrong1 + (top5[:, 0] != y).sum()
-        wrong5 = wrong5 + (~(top5 == y[:, None]).any(-1)).sum()
-    prefix = "val10" if ten_crop else "val"
-    wrong1, wrong5 = distributed.all_sum(torch.stack([wrong1, wrong5])).tolist()
-    return {f"{prefix}_top1_err": wrong1 / n, f"{prefix}_top5_err": wrong5 / n}
+        scores = {"val": logits[CENTRE_VIEW if ten_crop else 0].softmax(-1)}
+        if ten_crop:
+            scores["val10"] = logits.softmax(-1).mean(0) if average == "softmax" else logits.mean(0)
+        for prefix, score in scores.items():                                             # (B, classes)
+            top5 = score.topk(min(5, score.shape[-1]), -1).indices
+            wrong[prefix][0] = wrong[prefix][0] + (top5[:, 0] != y).sum()
+            wrong[prefix][1] = wrong[prefix][1] + (~(top5 == y[:, None]).any(-1)).sum()
+    out = {}
+    for prefix in scores:
+        wrong1, wrong5 = distributed.all_sum(torch.stack(wrong[prefix])).tolist()
+        out.update({f"{prefix}_top1_err": wrong1 / n, f"{prefix}_top5_err": wrong5 / n})
+    return out
 
 
 def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = None,
@@ -223,8 +230,8 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
             diverged = True
             run.log_metrics({"train_loss": loss, "lr": lr}, step=epoch)
             break
-        metrics = evaluate(net, pipeline, data.val, p.eval_batch_size, channels_last=p.channels_last,
-                           precision=precision)
+        metrics = evaluate(net, pipeline, data.val, p.eval_batch_size, ten_crop=epoch == cfg.epochs,
+                           average=t.tta_average, channels_last=p.channels_last, precision=precision)
         val_top1.append(metrics["val_top1_err"])
         epoch_s = time.perf_counter() - t0
         metrics.update(train_loss=loss, lr=lr, epoch_time_s=epoch_s, images_per_s=seen / train_s)
@@ -237,9 +244,10 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
                                      "wall_s": wall_before + time.perf_counter() - start_wall})
         if on_epoch:
             on_epoch(epoch, metrics)
-    if not diverged:
-        metrics.update(evaluate(net, pipeline, data.val, p.eval_batch_size, ten_crop=True,
-                                average=t.tta_average, channels_last=p.channels_last, precision=precision))
+    if not diverged and "val10_top1_err" not in metrics:   # the last epoch's evaluation had them
+        ten = evaluate(net, pipeline, data.val, p.eval_batch_size, ten_crop=True, average=t.tta_average,
+                       channels_last=p.channels_last, precision=precision)
+        metrics.update({k: ten[k] for k in ("val10_top1_err", "val10_top5_err")})
         run.log_metrics({k: metrics[k] for k in ("val10_top1_err", "val10_top5_err")}, step=epoch)
     wall = wall_before + time.perf_counter() - start_wall
     outcome = outcomes.outcome(val_top1, num_classes, p.epoch_scale, diverged)

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from conftest import CROP, PREP, ViewLogits, tiny_profile, tta_table
-from core.augment import IMAGENET_MEAN, IMAGENET_STD, Pipeline, crop_flip, draw_epoch
+from core.augment import CENTRE_VIEW, IMAGENET_MEAN, IMAGENET_STD, Pipeline, crop_flip, draw_epoch
 from core.config import RunConfig
 from core.engine import build_pipeline, evaluate
+from core.model import AlexNet, Arch
 from core.toggles import make_toggles
 
 
@@ -321,6 +322,26 @@ def test_tta_average_follows_its_formula(shared_tiny_data, average):
     pred = pred_soft if average == "softmax" else pred_logit
     assert got["val10_top1_err"] == pytest.approx(np.mean(pred != val.labels))
     assert got["val10_top5_err"] == 0.0                               # 3 classes: always in the top 5
+
+
+def test_ten_crop_evaluation_also_scores_its_centre_view(shared_tiny_data):
+    """The centre crop's errors come out of the 10-view pass: view CENTRE_VIEW's logits, and the
+    same numbers a centre-only evaluation of a real model gives."""
+    val = shared_tiny_data.val
+    table = tta_table(val.labels, len(val.classes))
+    got = evaluate(ViewLogits(table), pipeline(shared_tiny_data), val, batch_size=len(val.labels), ten_crop=True,
+                   channels_last=False)
+    assert got["val_top1_err"] == pytest.approx(np.mean(table[CENTRE_VIEW].argmax(-1).numpy() != val.labels))
+    views = ViewLogits(table)
+    evaluate(views, pipeline(shared_tiny_data), val, batch_size=len(val.labels), ten_crop=True, channels_last=False)
+    centre = ViewLogits(table)
+    evaluate(centre, pipeline(shared_tiny_data), val, batch_size=len(val.labels), ten_crop=False, channels_last=False)
+    assert torch.equal(views.seen[CENTRE_VIEW], centre.seen[0])          # the same input floats
+    torch.manual_seed(0)
+    model = AlexNet(Arch(image_size=CROP, width=0.125, stem=(5, 2, 1), num_classes=len(val.classes))).eval()
+    both = evaluate(model, pipeline(shared_tiny_data), val, batch_size=4, ten_crop=True)
+    one = evaluate(model, pipeline(shared_tiny_data), val, batch_size=4, ten_crop=False)
+    assert {k: both[k] for k in one} == one
 
 
 def test_single_view_evaluation(shared_tiny_data):

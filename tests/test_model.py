@@ -11,7 +11,7 @@ from conftest import tiny_profile
 from core.config import RunConfig
 from core.engine import build_model
 from core.lrn import LRN
-from core.model import AlexNet, Arch, init_weights, paper_stds
+from core.model import AlexNet, Arch, Dropout, init_weights, keep_mask, paper_stds
 from core.toggles import make_toggles
 
 # The paper's network (§3.5), written out by hand: (in, out, kernel, groups) per conv, fc sizes.
@@ -234,9 +234,20 @@ def _head_types(model):
 def test_dropout_module_order():
     assert _head_types(build(dropout="paper")) == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
     assert _head_types(build(dropout="seed")) == ["Dropout", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Linear"]
-    for m in build().classifier:
-        if isinstance(m, nn.Dropout):
-            assert m.p == 0.5
+    assert [m.p for m in build().classifier if isinstance(m, Dropout)] == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("q", [0.5, 0.75, 0.3])   # random bytes (q a whole number of 256ths) and bernoulli_
+def test_dropout_keeps_each_unit_with_probability_one_minus_p(q):
+    torch.manual_seed(0)
+    keep = keep_mask((1000, 1000), q, torch.zeros(()))
+    assert keep.unique().tolist() == pytest.approx([0.0, 1 / q])
+    kept = (keep > 0).double().mean().item()
+    assert abs(kept - q) < 4 * (q * (1 - q) / 1e6) ** 0.5                  # within 4 standard errors
+    rows = (keep > 0).double().mean(1)                                     # no structure across units
+    assert rows.std().item() == pytest.approx((q * (1 - q) / 1000) ** 0.5, rel=0.15)
+    torch.manual_seed(0)
+    assert torch.equal(keep, keep_mask((1000, 1000), q, torch.zeros(())))   # the seed decides the mask
 
 
 def _linear_io(model, x):
