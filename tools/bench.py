@@ -177,7 +177,7 @@ def time_interleaved(loops: list[Loop], budget: Budget, device: torch.device) ->
             sync(device)
             rows[loop.name] = Timing(loop.name, loop.batch, warmup_s=time.perf_counter() - t0)
         except Exception as err:   # noqa: BLE001 - report and go on with the other measurements
-            rows[loop.name] = guarded(loop.name, lambda: _raise(err))
+            rows[loop.name] = failed_timing(loop.name, err)
     live = [loop for loop in loops if not rows[loop.name].error]
     rounds = 1 if budget.batches else max(1, budget.rounds)
     calls = dict.fromkeys(rows, 0)
@@ -196,7 +196,7 @@ def time_interleaved(loops: list[Loop], budget: Budget, device: torch.device) ->
                         break
                 sync(device)
             except Exception as err:   # noqa: BLE001
-                rows[loop.name] = dataclasses.replace(guarded(loop.name, lambda: _raise(err)), warmup_s=out.warmup_s)
+                rows[loop.name] = dataclasses.replace(failed_timing(loop.name, err), warmup_s=out.warmup_s)
                 continue
             seconds = time.perf_counter() - start
             out.images += images
@@ -208,19 +208,20 @@ def time_interleaved(loops: list[Loop], budget: Budget, device: torch.device) ->
     return rows
 
 
-def _raise(err: Exception):
-    raise err
+def failed_timing(name: str, err: Exception) -> Timing:
+    """A measurement that raised: a Timing whose `error` holds the message and where it came from."""
+    last = traceback.extract_tb(err.__traceback__)[-1]
+    print(f"  {name} failed: {type(err).__name__}: {err}", file=sys.stderr)
+    return Timing(name, error=f"{type(err).__name__}: {str(err).strip()[:2000]} "
+                              f"(at {os.path.basename(last.filename)}:{last.lineno})")
 
 
 def guarded(name: str, measure: Callable[[], Timing]) -> Timing:
-    """Run one measurement; a failure becomes a Timing whose `error` holds the message."""
+    """Run one measurement; a failure becomes a failed_timing."""
     try:
         return measure()
     except Exception as err:   # noqa: BLE001 - report and go on with the other measurements
-        last = traceback.extract_tb(err.__traceback__)[-1]
-        print(f"  {name} failed: {type(err).__name__}: {err}", file=sys.stderr)
-        return Timing(name, error=f"{type(err).__name__}: {str(err).strip()[:2000]} "
-                                  f"(at {os.path.basename(last.filename)}:{last.lineno})")
+        return failed_timing(name, err)
 
 
 # ----------------------------------------------------------------------------------------- models
@@ -516,7 +517,7 @@ def run_cpu(cfg: RunConfig, data: Data, root, device: torch.device, budget: Budg
         try:
             loops.append(make())
         except Exception as err:   # noqa: BLE001
-            rows[key] = guarded(key, lambda: _raise(err))
+            rows[key] = failed_timing(key, err)
 
     add("harness", lambda: harness_loop(cfg, data, device))
     if "eval" not in skip:
