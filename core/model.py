@@ -90,7 +90,7 @@ def keep_mask(shape: tuple[int, ...], q: float, like: torch.Tensor) -> torch.Ten
     threshold = q * 256
     if threshold == int(threshold):
         bytes_ = torch.randint(0, 256, shape, dtype=torch.uint8, device=like.device)
-        return (bytes_ < int(threshold)).to(like.dtype).mul_(1 / q)
+        return (bytes_ < int(threshold)).to(like.dtype).div_(q)
     return like.new_empty(shape).bernoulli_(q).div_(q)
 
 
