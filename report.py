@@ -90,7 +90,9 @@ def plan(args, tracker) -> int:
     design = str(len(variants)) if (spec.get("factorial") or spec.get("fraction")) else "paired"
     g = load(tracker, args.noise_from or args.grid, args.profile, args.commit, args.pool)
     effects = {f"{e:g} points": e / 100 for e in args.effect} if args.effect else planner.claimed_effects()
-    print(planner.plan(g, len(variants) - 1, design, effects, args.half_width / 100))
+    from core.toggles import as_dict
+    factors = sum(len({as_dict(v.toggles)[name] for v in variants}) > 1 for name in as_dict(variants[0].toggles))
+    print(planner.plan(g, len(variants) - 1, design, effects, args.half_width / 100, factors))
     return 0
 
 

@@ -10,14 +10,14 @@ Failures: the share of pairs in which both runs learned (or, from a factorial, t
 squared) divides the learned pairs needed into seeds to launch.
 Test: the primary analysis's paired t-test at Holm's first step, alpha / m for m variants
 (conservative for all but the first), 80% power; for a factorial target, the replicates that
-give each main effect that power, and those that bring its 95% half-width under a target.
+give each main effect that power, and those that bring its 95% half-width under a target, with the
+fit's parameters and HC3 counted (stats.factorial_replicates).
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from scipy import stats as st
 
 from . import stats
 from .report import CLAIMS, coded, is_two_level, learned, primary_effects, table
@@ -54,8 +54,9 @@ def noise(g: GridRuns) -> dict:
 
 
 def plan(g: GridRuns, target_variants: int, target_design: str, effects: dict[str, float],
-         half_width: float = 0.01) -> str:
-    """Markdown: seeds (one-at-a-time) or replicates (factorial) to launch per target effect."""
+         half_width: float = 0.01, factors: int = 0) -> str:
+    """Markdown: seeds (one-at-a-time) or replicates (factorial: target_design is its cells a
+    replicate, `factors` the toggles it varies) to launch per target effect."""
     n = noise(g)
     lines = [f"# Plan from grid `{g.grid}` on `{g.profile}` ({len(g.cells)} finished cells)", "",
              f"- noise: {n['source']}"]
@@ -79,18 +80,17 @@ def plan(g: GridRuns, target_variants: int, target_design: str, effects: dict[st
         return "\n".join(lines + [table(["effect", "points", "learned pairs", "pairs, SD range", "seeds to launch",
                                          "seeds, SD range"], rows), ""])
     cells = int(target_design)
-    z = st.norm.ppf(1 - stats.ALPHA / 2)
-    zp = st.norm.ppf(stats.POWER)
     sd_run = n["sd"] / math.sqrt(2)
     learned_share = math.sqrt(rate)
-    lines += [f"Target: a two-level factorial of {cells} cells a replicate; a main effect's SE is 2 x SD(run) / "
-              f"sqrt(learned runs); 95% intervals, power {stats.POWER:.0%} at alpha 0.05.", ""]
+    lines += [f"Target: a two-level design of {cells} cells a replicate over {factors} toggles, fitted with main "
+              f"effects, two-way interactions and a block per replicate (HC3); a main effect's SE is 2 x SD(run) / "
+              f"sqrt(learned runs), widened by HC3 by 1 / sqrt(1 - parameters / runs); normal quantiles, as the fit's "
+              f"HC3 intervals; 95% intervals, power {stats.POWER:.0%} at alpha 0.05.", ""]
     rows = []
     for name, effect in list(effects.items()) + [(f"95% half-width <= {100 * half_width:.1f}", None)]:
-        reps = []
-        for s in (sd_run, lo / math.sqrt(2), hi / math.sqrt(2)):
-            runs = ((z + zp) * 2 * s / abs(effect)) ** 2 if effect else (z * 2 * s / half_width) ** 2
-            reps.append(math.ceil(runs / (cells * learned_share)))
+        reps = [stats.factorial_replicates(s, cells, factors, learned_share, effect=effect,
+                                           half_width=None if effect else half_width)
+                for s in (sd_run, lo / math.sqrt(2), hi / math.sqrt(2))]
         rows.append([name, f"{100 * effect:.2f}" if effect else "–", reps[0], f"{reps[1]}–{reps[2]}"])
     return "\n".join(lines + [table(["target", "points", "replicates (seeds)", "replicates, SD range"], rows), ""])
 

@@ -181,6 +181,31 @@ def detectable(sd: float, n: int, alpha: float, power: float = POWER) -> float:
 
 
 # ------------------------------------------------------------------------------------ factorial
+def factorial_replicates(sd_run: float, cells: int, factors: int, learned_share: float, effect: float | None = None,
+                         half_width: float | None = None, alpha: float = ALPHA, power: float = POWER,
+                         most: int = 1000) -> int | None:
+    """Replicates of a two-level design (`cells` a replicate, `factors` toggles) after which the
+    factorial fit (main effects, two-way interactions, a block per replicate; HC3) gives a main
+    effect a 95% half-width of at most `half_width`, or detects `effect` with `power` at `alpha`.
+    With n learned runs and p parameters, a main effect's SE is 2 sd / sqrt(n), widened by HC3's
+    average 1 / sqrt(1 - p/n) on a balanced design (each squared residual divided by (1 - h)^2, h =
+    p/n); normal quantiles, as factorial_fit's HC3 intervals use. None when `most` do not suffice."""
+    if not (sd_run > 0) or not (learned_share > 0):
+        return None
+    for reps in range(1, most + 1):
+        n = cells * reps * learned_share
+        p = 1 + factors + factors * (factors - 1) // 2 + reps - 1
+        if n - p < 1:
+            continue
+        se = 2 * sd_run / math.sqrt(n) / math.sqrt(1 - p / n)
+        z = stats.norm.ppf(1 - alpha / 2)
+        if half_width is not None and z * se <= half_width:
+            return reps
+        if effect and (z + stats.norm.ppf(power)) * se <= abs(effect):
+            return reps
+    return None
+
+
 def factorial_fit(df: pd.DataFrame, factors: list[str], response: str, block: str | None = "seed") -> pd.DataFrame:
     """Main effects and two-way interactions of a two-level design (full or fractional) by least
     squares, seed as a block, HC3 standard errors. Factors coded -1/2 (paper) and +1/2 (deviation):

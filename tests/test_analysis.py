@@ -6,7 +6,9 @@ import itertools
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
+from scipy import stats as st
 
 from ablations import planner, report, stats
 from ablations.runs import ReportError, load
@@ -148,6 +150,24 @@ def test_factorial_fit_recovers_main_effects_with_blocks_and_hc3():
         assert fx.loc[t, "ci_low"] <= effect <= fx.loc[t, "ci_high"], t
     assert "63 learned runs of 64 (1 excluded" in md
     assert "| `init` | 31/32 [" in md and "| `pca` | 31/32 [" in md   # the failed baseline cell, counted per level
+
+
+@pytest.mark.parametrize("replicates", [1, 2, 4])
+def test_factorial_plan_predicts_the_fits_half_width(replicates):
+    """The planner's half-width for r replicates of the 2^(6-1) fraction (parameters and HC3 counted)
+    against the mean half-width factorial_fit gives on simulated runs of that design."""
+    rng = np.random.default_rng(replicates)
+    combos = [c for c in itertools.product((0, 1), repeat=6) if sum(c) % 2 == 0]
+    widths = []
+    for _ in range(60):
+        rows = [{**dict(zip(NAMED, c)), "seed": r, "y": rng.normal(0, 1)} for r in range(replicates) for c in combos]
+        fx = stats.factorial_fit(pd.DataFrame(rows), list(NAMED), "y").set_index("term")
+        widths.append(float((fx.loc[list(NAMED), "ci_high"] - fx.loc[list(NAMED), "ci_low"]).mean() / 2))
+    n, p = 32 * replicates, 1 + 6 + 15 + replicates - 1
+    predicted = st.norm.ppf(0.975) * 2 / np.sqrt(n) / np.sqrt(1 - p / n)
+    assert np.mean(widths) == pytest.approx(predicted, rel=0.1)
+    assert stats.factorial_replicates(1.0, 32, 6, 1.0, half_width=predicted * 1.01) == replicates
+    assert stats.factorial_replicates(1.0, 32, 6, 1.0, half_width=predicted * 0.99) > replicates
 
 
 def test_planner_on_synthetic_stores():
