@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 import time
 from dataclasses import dataclass, replace
 
@@ -111,7 +112,15 @@ def on_device(split: Split, device: torch.device, max_fraction: float = 0.5) -> 
     free, _ = torch.cuda.mem_get_info(device)
     if split.images.nbytes > max_fraction * free:
         return split
-    return replace(split, images=torch.from_numpy(np.ascontiguousarray(split.images)).to(device))
+    return replace(split, images=host_tensor(split.images).to(device))
+
+
+def host_tensor(images: np.ndarray) -> torch.Tensor:
+    """A tensor over the cache's memory without a copy. The cache is a read-only memory map; torch
+    warns about non-writable arrays, but nothing writes to it: it is only copied from."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(images))
 
 
 def train_one_epoch(model, optimizer, pipeline: Pipeline, train: Split, batch_size: int, seed: int,

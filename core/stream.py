@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 DEPTH = 3      # batches read ahead of the one being trained
-THREADS = 4    # reader threads (positional reads release the GIL)
+THREADS = 16   # reader threads: positional reads release the GIL, and a disk serves many reads at once
+CHUNK = 8      # rows one thread reads in a go; a batch's chunks are read in parallel
 
 
 def resolve(choice: str, images, device: torch.device) -> str:
@@ -42,41 +43,57 @@ def resolve(choice: str, images, device: torch.device) -> str:
 class Reader:
     """Batches of rows of a uint8 .npy cache file, read ahead on threads (one per epoch)."""
 
-    def __init__(self, images: np.memmap, pin: bool = False, depth: int = DEPTH, threads: int = THREADS):
+    def __init__(self, images: np.memmap, pin: bool = False, depth: int = DEPTH, threads: int = THREADS,
+                 chunk: int = CHUNK):
         if not isinstance(images, np.memmap):
             raise ValueError("stream input reads the cache file: give the memory-mapped cache")
         self.shape, self.offset = images.shape[1:], images.offset
         self.row = int(np.prod(self.shape))
-        self.pin, self.depth = pin, depth
+        self.pin, self.depth, self.chunk = pin, depth, chunk
         self.fd = os.open(images.filename, os.O_RDONLY)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="stream")
 
-    def read(self, idx: np.ndarray) -> torch.Tensor:
-        """Rows `idx`, in that order, as a (B, 3, P, P) uint8 tensor (pinned when asked); the file is
-        read in ascending row order."""
-        out = torch.empty((len(idx), *self.shape), dtype=torch.uint8, pin_memory=self.pin)
-        buf = out.numpy()
-        for j in np.argsort(idx, kind="stable"):
+    def _rows(self, buf: np.ndarray, idx: np.ndarray, slots: np.ndarray) -> None:
+        for j in slots:
             got = os.preadv(self.fd, [buf[j]], self.offset + int(idx[j]) * self.row)
             if got != self.row:
                 raise OSError(f"short read of row {idx[j]} from the image cache: the file is truncated; "
                               f"delete its cache folder and run again")
+
+    def submit(self, idx: np.ndarray) -> tuple[torch.Tensor, list]:
+        """Start reading rows `idx` into a (B, 3, P, P) uint8 tensor (pinned when asked): the rows in
+        ascending file order, split into chunks read on the pool's threads at once. Returns the
+        tensor and the chunks' futures; it is complete once they are."""
+        out = torch.empty((len(idx), *self.shape), dtype=torch.uint8, pin_memory=self.pin)
+        order = np.argsort(idx, kind="stable")
+        buf = out.numpy()
+        return out, [self.pool.submit(self._rows, buf, idx, order[i:i + self.chunk])
+                     for i in range(0, len(order), self.chunk)]
+
+    def read(self, idx: np.ndarray) -> torch.Tensor:
+        """Rows `idx`, in that order, as a (B, 3, P, P) uint8 tensor (pinned when asked)."""
+        out, parts = self.submit(idx)
+        for f in parts:
+            f.result()
         return out
 
     def batches(self, indices: Iterable[np.ndarray]) -> Iterator[torch.Tensor]:
         """One tensor per index array, `depth` batches read ahead."""
         it = iter(indices)
-        pending = collections.deque(self.pool.submit(self.read, idx) for idx in itertools.islice(it, self.depth))
+        pending = collections.deque(self.submit(idx) for idx in itertools.islice(it, self.depth))
         try:
             while pending:
-                batch = pending.popleft().result()
+                batch, parts = pending.popleft()
+                for f in parts:
+                    f.result()
                 nxt = next(it, None)
                 if nxt is not None:
-                    pending.append(self.pool.submit(self.read, nxt))
+                    pending.append(self.submit(nxt))
                 yield batch
         finally:
-            for f in pending:
-                f.cancel()
+            for _, parts in pending:
+                for f in parts:
+                    f.cancel()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

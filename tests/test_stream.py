@@ -20,7 +20,7 @@ def test_the_reader_reads_the_rows_asked_for_in_that_order(tiny_data):
     assert isinstance(images, np.memmap)
     rng = np.random.default_rng(0)
     orders = [rng.permutation(len(images))[:k] for k in (5, 7, 1, 18)]
-    with stream.Reader(images, depth=2, threads=2) as reader:
+    with stream.Reader(images, depth=2, threads=3, chunk=2) as reader:     # batches split over threads
         for idx, batch in zip(orders, reader.batches(iter(orders))):
             assert batch.dtype == torch.uint8 and np.array_equal(batch.numpy(), images[idx])
 
@@ -65,3 +65,18 @@ def test_the_stream_benchmark_runs_end_to_end_on_synthetic_jpegs(tmp_path):
     res = json.loads(out.read_text())
     assert res["train_images"] == 18 and res["memory"] > 0 and res["stream"] > 0
     assert res["stream_over_memory"] == res["stream"] / res["memory"]
+
+
+def test_read_only_cache_becomes_a_tensor_without_a_warning(tmp_path):
+    """A cache opened read-only (as `on_device` gets it) becomes a tensor silently and unchanged;
+    torch's non-writable warning is once per process, so a fresh process checks it."""
+    import subprocess
+    import sys
+    from core.config import REPO
+    path = tmp_path / "cache.npy"
+    np.save(path, np.arange(24, dtype=np.uint8).reshape(2, 3, 2, 2))
+    code = ("import numpy as np, sys; from core.engine import host_tensor; "
+            f"a = np.load({str(path)!r}, mmap_mode='r'); t = host_tensor(a); "
+            "assert t.dtype.is_floating_point is False and t.tolist() == a.tolist(); print('ok')")
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

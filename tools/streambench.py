@@ -6,7 +6,8 @@ GPU: in GPU memory), on a synthetic ImageNet-like set written to disk first (nev
 
 Before every streamed epoch the cache file is dropped from the page cache (madvise and
 posix_fadvise DONTNEED), so each reads from the disk, as when the cache does not fit in RAM;
-before the in-memory ones it is read once. Each path trains
+before the in-memory ones it is read once. First the reader alone reads one epoch from the
+disk (what the disk and the reader can deliver, no training); then each path trains
 the same run (`input: memory` / `input: stream`, everything else equal); the last epoch's
 training images/s is compared.
 """
@@ -24,8 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from core import runtime
+from core import runtime, stream
 from core.config import REPO, RunConfig, load_experiments
 from ablations.runner import load_data
 from core.engine import resolve_device, train
@@ -48,6 +50,18 @@ def evict(images: np.memmap) -> None:
 def warm(images: np.memmap) -> None:
     for i in range(0, len(images), 4096):
         np.asarray(images[i:i + 4096]).sum()
+
+
+def read_rate(images: np.memmap, batch_size: int, device: torch.device) -> float:
+    """Images/s the streaming reader alone delivers from disk: one epoch's batches in a random
+    order, read ahead as in training, with nothing else running."""
+    order = np.random.default_rng(0).permutation(len(images))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    t0 = time.perf_counter()
+    with stream.Reader(images, pin=device.type == "cuda") as reader:
+        for _ in reader.batches(batches):
+            pass
+    return len(order) / (time.perf_counter() - t0)
 
 
 def main(argv=None) -> int:
@@ -83,6 +97,9 @@ def measure(a, work: Path) -> int:
     device = resolve_device(a.device)
     out = {"machine": runtime.machine(), "profile": a.profile, "device": str(device),
            "train_images": len(train_split.labels), "cache_gib": train_split.images.nbytes / 2 ** 30}
+    evict(train_split.images)
+    out["reader_alone"] = read_rate(train_split.images, prof.batch_size, device)
+    print(f"reader alone: {out['reader_alone']:8.1f} images/s from disk (one epoch's batches, no training)", flush=True)
     for path in ("memory", "stream"):
         (evict if path == "stream" else warm)(train_split.images)
         p = dataclasses.replace(prof, input=path, epoch_scale=a.epochs / 90)
