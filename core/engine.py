@@ -166,7 +166,7 @@ def evaluate(model, pipeline: Pipeline, split: Split, batch_size: int, ten_crop:
     is one of the 10 views: its errors come from the same forward passes."""
     model.eval()
     zero = torch.zeros((), dtype=torch.long, device=pipeline.device)
-    wrong = {"val": [zero, zero], "val10": [zero, zero]}   # top-1, top-5; read once, at the end
+    wrong = {prefix: [zero, zero] for prefix in (("val", "val10") if ten_crop else ("val",))}   # top-1, top-5
     n = len(split.labels)
     labels = torch.from_numpy(split.labels).to(pipeline.device)
     lo, hi = distributed.part(n)   # under torchrun: this rank's share, counts summed below
@@ -186,7 +186,7 @@ def evaluate(model, pipeline: Pipeline, split: Split, batch_size: int, ten_crop:
             wrong[prefix][0] = wrong[prefix][0] + (top5[:, 0] != y).sum()
             wrong[prefix][1] = wrong[prefix][1] + (~(top5 == y[:, None]).any(-1)).sum()
     out = {}
-    for prefix in scores:
+    for prefix in wrong:   # read once, at the end
         wrong1, wrong5 = distributed.all_sum(torch.stack(wrong[prefix])).tolist()
         out.update({f"{prefix}_top1_err": wrong1 / n, f"{prefix}_top5_err": wrong5 / n})
     return out
@@ -253,7 +253,9 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
                                      "wall_s": wall_before + time.perf_counter() - start_wall})
         if on_epoch:
             on_epoch(epoch, metrics)
-    if not diverged and "val10_top1_err" not in metrics:   # the last epoch's evaluation had them
+    if not diverged and "val10_top1_err" not in metrics:
+        # the last epoch's evaluation has them, except in a checkpoint of the last epoch written by
+        # a version that evaluated the 10 views after the loop: resuming it evaluates them here
         ten = evaluate(net, pipeline, data.val, p.eval_batch_size, ten_crop=True, average=t.tta_average,
                        channels_last=p.channels_last, precision=precision)
         metrics.update({k: ten[k] for k in ("val10_top1_err", "val10_top5_err")})

@@ -106,25 +106,6 @@ def _num(x: float | None) -> float | None:
     return None if x is None or x != x else float(x)
 
 
-def time_calls(name: str, batch: int, run: Callable[[int, int], int], budget: Budget, device: torch.device,
-               warmup: int | None = None) -> Timing:
-    """Time a loop that runs in calls: run(batches, call_index) trains `batches` batches and
-    returns the images it saw. One untimed warm-up call, then one call of budget.batches, or
-    calls of budget.chunk batches until budget.seconds have passed."""
-    t0 = time.perf_counter()
-    run(budget.warmup if warmup is None else warmup, 0)
-    sync(device)
-    out = Timing(name, batch, warmup_s=time.perf_counter() - t0)
-    start = time.perf_counter()
-    for call in itertools.count(1):
-        out.images += run(budget.batches or budget.chunk, call)
-        if budget.batches or time.perf_counter() - start >= budget.seconds:
-            break
-    sync(device)
-    out.seconds = time.perf_counter() - start
-    return out
-
-
 def time_steps(name: str, batch: int, step: Callable[[], int], budget: Budget, device: torch.device,
                limit_s: float | None = None, warmup: int | None = None) -> Timing:
     """Time a loop one batch at a time: step() trains one batch and returns its images. Untimed
@@ -752,7 +733,7 @@ def measure_gpu_engine(name: str, cfg: RunConfig, pipeline, images, labels: np.n
     def run(batches: int, call: int) -> int:
         return train_one_epoch(model, optimizer, pipeline, window(split, batches * batch, call), batch, cfg.seed,
                                call, True, cfg.profile.precision)[1]
-    return time_calls(name, batch, run, budget, device, warmup=max(budget.warmup, 3))
+    return time_interleaved([Loop(name, batch, run, warmup=3)], dataclasses.replace(budget, rounds=1), device)[name]
 
 
 GPU_VARIANTS = (("pipeline + train, eager", {"compiled": False, "augment": True}),
