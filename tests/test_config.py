@@ -45,7 +45,7 @@ def test_repo_yaml_loads(experiments):
     assert isinstance(experiments.profile("cpu").epoch_scale, float)
 
 
-@pytest.mark.parametrize("grid,count", [("deviations", 7), ("factorial", 64), ("fractional", 32), ("seed-code", 11),
+@pytest.mark.parametrize("grid,count", [("deviations", 7), ("claims", 4), ("factorial", 64), ("fractional", 32), ("seed-code", 11),
                                         ("seed-to-paper", 13), ("init-diagnosis", 13)])
 def test_grid_sizes(experiments, grid, count):
     variants = expand(experiments, grid)
@@ -66,6 +66,14 @@ def test_deviations_flip_each_named_toggle_alone(experiments):
     assert all(len(f) == 1 for f in flips)
     assert [next(iter(f)) for f in flips] == list(NAMED)
     assert all(f[n] == REGISTRY[n].deviation for f in flips for n in f)
+
+
+def test_claims_remove_each_measured_choice_alone(experiments):
+    """The paper's ablation claims: LRN (§3.3), overlapping pooling (§3.4), PCA lighting (§4.1)."""
+    from ablations.report import CLAIMS
+    variants = expand(experiments, "claims")
+    assert variants[0].name == "baseline" and variants[0].toggles == Toggles()
+    assert [flipped(v, Toggles()) for v in variants[1:]] == [{t: value} for _, (t, value), _ in CLAIMS]
 
 
 def test_factorial_is_the_full_product(experiments):
