@@ -210,21 +210,24 @@ def claims_section(g: GridRuns, fam: dict | None, fx: pd.DataFrame | None) -> st
         if match:
             e = fam[match[0]]
             rows.append([text, pts(claimed), f"{pts(e.mean, 2)} {interval(e.ci, 2)} (n={e.n} pairs)",
-                         stats.claim_status(e, claimed)])
+                         pct(stats.detectable(e.sd, e.n, 1 - e.level)), stats.claim_status(e, claimed)])
         elif fx is not None and toggle in set(fx["term"]) and REGISTRY[toggle].deviation == value:
             r = fx.set_index("term").loc[toggle]
             inside = r.ci_low <= claimed <= r.ci_high
             state = ("not resolved" if r.ci_low <= 0 <= r.ci_high else
                      "reproduced (direction)" if (r.effect > 0) == (claimed > 0) else "contradicted")
             rows.append([text, pts(claimed), f"{pts(r.effect, 2)} {interval((r.ci_low, r.ci_high), 2)} (main effect)",
+                         pct(stats.detectable_from_interval((r.ci_low, r.ci_high))),
                          f"{state}; claimed size {'inside' if inside else 'outside'} the interval"])
         else:
-            rows.append([text, pts(claimed), "–", f"not measured (no variant of this grid sets {toggle}={value})"])
+            rows.append([text, pts(claimed), "–", "–", f"not measured (no variant of this grid sets {toggle}={value})"])
     return "\n".join(["## The paper's claims at this scale", "",
                       "Claimed change in 10-crop top-1 error (points) when the paper's choice is removed, against "
                       "the same interval as the verdicts above (one-at-a-time grids) or the factorial main effect "
-                      "(95%, HC3). This is Imagenette at reduced scale, not ImageNet.", "",
-                      table(["claim", "claimed Δ", "measured Δ [interval]", "status"], rows), ""])
+                      "(95%, HC3). This is Imagenette at reduced scale, not ImageNet. Detectable: the smallest "
+                      "effect these runs find with 80% power at the interval's level (paired t-test on the "
+                      "pairs' SD; for a main effect, (z + 0.84) standard errors).", "",
+                      table(["claim", "claimed Δ", "measured Δ [interval]", "detectable", "status"], rows), ""])
 
 
 def factorial_section(g: GridRuns, toggles: list[str]) -> tuple[str, pd.DataFrame | None]:

@@ -180,6 +180,13 @@ def detectable(sd: float, n: int, alpha: float, power: float = POWER) -> float:
     return sd * TTestPower().solve_power(nobs=n, alpha=alpha, power=power, alternative="two-sided")
 
 
+def detectable_from_interval(ci: tuple[float, float], level: float = 1 - ALPHA, power: float = POWER) -> float:
+    """The smallest effect a normal-theory interval of this width (a factorial main effect's HC3
+    interval) detects with `power`: (z_level + z_power) x its standard error."""
+    z = stats.norm.ppf(0.5 + level / 2)
+    return (ci[1] - ci[0]) / 2 / z * (z + stats.norm.ppf(power))
+
+
 # ------------------------------------------------------------------------------------ factorial
 def factorial_replicates(sd_run: float, cells: int, factors: int, learned_share: float, effect: float | None = None,
                          half_width: float | None = None, alpha: float = ALPHA, power: float = POWER,

@@ -197,7 +197,24 @@ def test_report_lists_what_is_missing_running_and_duplicated(tmp_path):
     # the claims table reads the same interval as the primary table
     fam = report.primary_effects(g)
     e = fam["lrn=false"]
-    assert f"{report.pts(e.mean, 2)} {report.interval(e.ci, 2)} (n={e.n} pairs) | {stats.claim_status(e, 0.014)}" in md
+    detectable = stats.detectable(e.sd, e.n, 1 - e.level)
+    assert f"{report.pts(e.mean, 2)} {report.interval(e.ci, 2)} (n={e.n} pairs) | {report.pct(detectable)} | " \
+           f"{stats.claim_status(e, 0.014)}" in md
+    # detectable: a paired t-test of that many pairs at that level has 80% power there
+    from statsmodels.stats.power import TTestPower
+    power = TTestPower().power(effect_size=detectable / e.sd, nobs=e.n, alpha=1 - e.level, alternative="two-sided")
+    assert power == pytest.approx(0.8, abs=1e-3)
+
+
+def test_detectable_from_a_main_effects_interval():
+    """(z + z_power) standard errors: at that true effect, an estimate with that SE excludes 0 from
+    its 95% interval with probability 0.8 (simulated)."""
+    se = 0.007
+    ci = (0.02 - 1.959964 * se, 0.02 + 1.959964 * se)
+    d = stats.detectable_from_interval(ci)
+    assert d == pytest.approx((1.959964 + 0.841621) * se, rel=1e-4)
+    est = np.random.default_rng(0).normal(d, se, 200_000)
+    assert np.mean(np.abs(est) > 1.959964 * se) == pytest.approx(0.8, abs=0.005)
 
 
 def test_runs_of_two_commits_are_not_paired_unless_pooled():
