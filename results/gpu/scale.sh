@@ -6,7 +6,17 @@
 # 2. a paper-profile cell (full AlexNet, batch 128) streaming its batches from local disk against
 #    the cache held in GPU memory, on 20,000 synthetic ImageNet-sized JPEGs of 1000 classes.
 # Usage: bash results/gpu/scale.sh   (logs and JSON go to $OUT, else results/gpu/)
+# Step 1 needs MLflow. On a GPU machine without it and without a network, bring the wheels of
+# results/gpu/wheels.txt (MLflow's client and what it imports, for CPython 3.12, beside what a
+# PyTorch image holds; about 33 MB), fetched where pip works:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl -r results/gpu/wheels.txt
+# and this script installs them into /tmp/site first. (The `deviations` grid needs neither Optuna
+# nor albumentations.)
 set -u
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
 out=${OUT:-results/gpu}
 mkdir -p "$out"
 work=$(mktemp -d)
