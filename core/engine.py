@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 import time
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np

@@ -70,12 +70,15 @@ class Reader:
         return out, [self.pool.submit(self._rows, buf, idx, order[i:i + self.chunk])
                      for i in range(0, len(order), self.chunk)]
 
+    @staticmethod
+    def _finish(out: torch.Tensor, parts: list) -> torch.Tensor:
+        for f in parts:
+            f.result()   # raises a chunk's error here
+        return out
+
     def read(self, idx: np.ndarray) -> torch.Tensor:
         """Rows `idx`, in that order, as a (B, 3, P, P) uint8 tensor (pinned when asked)."""
-        out, parts = self.submit(idx)
-        for f in parts:
-            f.result()
-        return out
+        return self._finish(*self.submit(idx))
 
     def batches(self, indices: Iterable[np.ndarray]) -> Iterator[torch.Tensor]:
         """One tensor per index array, `depth` batches read ahead."""
@@ -83,9 +86,7 @@ class Reader:
         pending = collections.deque(self.submit(idx) for idx in itertools.islice(it, self.depth))
         try:
             while pending:
-                batch, parts = pending.popleft()
-                for f in parts:
-                    f.result()
+                batch = self._finish(*pending.popleft())
                 nxt = next(it, None)
                 if nxt is not None:
                     pending.append(self.submit(nxt))
