@@ -122,6 +122,10 @@ def header(g: GridRuns, tracker, command: str) -> str:
         incomplete.append(f"- **Not yet run**: {expected - len(g.cells)} of the {expected} cells the launch planned")
     if g.running:
         incomplete.append(f"- **Still RUNNING** ({len(g.running)}): " + ", ".join(f"`{r.name}` ({r.run_id})" for r in g.running))
+    if g.orphaned:
+        incomplete.append(f"- **RUNNING, though the cell has a FINISHED run** ({len(g.orphaned)}, not used; left by a "
+                          "process that died, which the next `run_ablation.py` of this grid ends KILLED, or a `--rerun` "
+                          "in progress): " + ", ".join(f"`{r.name}` ({r.run_id})" for r in g.orphaned))
     if g.stopped:
         incomplete.append(f"- **FAILED or KILLED runs** ({len(g.stopped)}, not used): "
                           + ", ".join(f"`{r.name}` {r.status}" for r in g.stopped[:10]))

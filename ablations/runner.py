@@ -130,6 +130,20 @@ def take_over_parents(tracker, grid: str, locks: Path) -> list[str]:
     return dead
 
 
+def end_superseded_cells(tracker, grid: str, root: Path) -> list[str]:
+    """End as KILLED the grid's cell runs left RUNNING although their cell has a FINISHED run and
+    no live process holds the cell's lock (a process that died before it, at any commit, left them)."""
+    records = tracker.records(grid)
+    finished = {r.tags.get("config_hash") for r in records if r.tags.get("role") == "cell" and r.status == "FINISHED"}
+    dead = [r.run_id for r in records if r.tags.get("role") == "cell" and r.status == "RUNNING"
+            and r.tags.get("config_hash") in finished
+            and not is_locked(Checkpoints(root / r.tags["config_hash"]).lock_path)]
+    for run_id in dead:
+        tracker.end(run_id, "KILLED", {"ended_by": "a later runner: the process that ran it had died, "
+                                                   "and the cell has a FINISHED run"})
+    return dead
+
+
 def resumable(tracker, records: list, config_hash: str, commit: str):
     """The run to continue for a cell (`records`: the grid's runs): its newest KILLED or ownerless
     RUNNING run made by this commit (None: start a new run). Other ownerless RUNNING runs of the
@@ -187,6 +201,8 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
                            on_dead_trial=lambda attrs: end_dead_parent(tracker, grid, attrs.get("parent_run_id")))
     else:
         take_over_parents(tracker, grid, locks)
+        if not rerun:
+            end_superseded_cells(tracker, grid, root)
         source = LocalCells(todo)
     if not todo or not source.pending():
         return out   # nothing left to train: no empty parent run

@@ -28,6 +28,7 @@ class GridRuns:
     cells: pd.DataFrame                      # one row per (variant, seed): the FINISHED run used
     parents: list = field(default_factory=list)
     running: list = field(default_factory=list)     # cells still RUNNING (records)
+    orphaned: list = field(default_factory=list)    # RUNNING, though the cell has a FINISHED run (records)
     stopped: list = field(default_factory=list)     # cells FAILED or KILLED (records)
     duplicates: list = field(default_factory=list)  # (config_hash, run used, [other FINISHED runs])
     missing: list = field(default_factory=list)     # "variant/seedK" without a FINISHED run
@@ -114,7 +115,8 @@ def load(tracker, grid: str, profile: str | None = None, commit: str | None = No
     superseded = len(by_hash) - len(latest)
     out = GridRuns(grid, profile, "", pd.DataFrame(), parents=[r for r in records if r.tags.get("role") == "grid"
                                                                 and r.tags.get("profile") == profile],
-                   running=[r for r in cells if r.status == "RUNNING"],
+                   running=[r for r in cells if r.status == "RUNNING" and r.tags.get("config_hash") not in by_hash],
+                   orphaned=[r for r in cells if r.status == "RUNNING" and r.tags.get("config_hash") in by_hash],
                    stopped=[r for r in cells if r.status in ("FAILED", "KILLED")],
                    duplicates=duplicates, superseded=superseded, groups=groups,
                    pooled=pool and len(groups) > 1)

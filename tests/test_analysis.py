@@ -188,10 +188,12 @@ def test_report_lists_what_is_missing_running_and_duplicated(tmp_path):
     tracker = one_at_a_time(seeds=5, late_seeds=())
     add_run(tracker, "dev", "lrn=false", 5, {"lrn": False}, 0.4, status="RUNNING")
     add_run(tracker, "dev", "lrn=false", 0, {"lrn": False}, 0.4, config_hash="lrn=false-0")   # a duplicate
+    add_run(tracker, "dev", "init=pytorch", 1, {"init": "pytorch"}, 0.4, status="RUNNING")   # its cell FINISHED
     md, files, g = report.build(tracker, "dev", tmp_path / "r.md")
     assert "**This grid is incomplete:**" in md
     assert "Missing cells** (4)" in md and "`baseline/seed5`" in md
-    assert "Still RUNNING** (1)" in md
+    assert "Still RUNNING** (1): `lrn=false/seed5`" in md
+    assert "RUNNING, though the cell has a FINISHED run** (1, not used;" in md and "`init=pytorch/seed1`" in md
     assert "Duplicate FINISHED runs** of config_hash `lrn=false-0`" in md
     assert len(files) == 3 and all(f.exists() for f in files)
     # the claims table reads the same interval as the primary table

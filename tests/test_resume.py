@@ -63,6 +63,17 @@ def test_sigkill_at_random_moments_then_the_same_command_completes_the_grid(tmp_
     assert res.returncode == 0, res.stderr[-3000:]
     found = check_complete(tmp_path)
     assert {r.info.status for r in found if r.data.tags.get("role") == "grid"} <= {"FINISHED", "KILLED"}
+    # a cell run that a dead process left RUNNING although its cell has FINISHED (as older code, or a
+    # kill during a --rerun, leaves): the same command, with nothing to train, ends it KILLED
+    client, _ = runs(tmp_path)
+    done = next(r for r in found if r.data.tags.get("role") == "cell")
+    stale = client.create_run(done.info.experiment_id, run_name=done.info.run_name,
+                              tags={k: done.data.tags[k] for k in ("grid", "variant", "role", "profile", "config_hash")})
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    check_complete(tmp_path)
+    ended = client.get_run(stale.info.run_id)
+    assert ended.info.status == "KILLED" and "FINISHED run" in ended.data.tags["ended_by"]
 
 
 def test_a_killed_cell_continues_in_its_own_run_from_its_checkpoint(tmp_path, tiny_imagefolder):
