@@ -6,6 +6,8 @@
         --experiment answers-cpu --out results/fractional-cpu.md
     python report.py --plan --grid deviations --profile cpu --noise-from fractional \\
         --tracking-uri sqlite:///results/mlflow.db --experiment answers-cpu     # seeds to launch
+    python report.py --claims fractional claims --profile cpu \\
+        --tracking-uri sqlite:///results/mlflow.db --experiment answers-cpu     # the paper's claims, per grid
 
 Plots go to a folder beside the report (reports/deviations.md -> reports/deviations/). The report
 and plots are also logged to the grid's latest parent run (--no-log to skip). Reading never creates
@@ -40,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
                     help="with --plan: target effect in points (repeatable; default: the paper's claims)")
     ap.add_argument("--half-width", type=float, default=1.0,
                     help="with --plan on a factorial: target 95%% half-width of a main effect, points (default 1.0)")
+    ap.add_argument("--claims", nargs="+", metavar="GRID",
+                    help="print one table of the paper's claims as each of these grids measures them")
     ap.add_argument("--config", default=str(REPO / "experiments.yaml"), help="experiments file (for --plan)")
     return ap
 
@@ -55,12 +59,16 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     out = Path(args.out)
     try:
-        if not args.plan:
+        if not args.plan and not args.claims:
             check_out(out)
         from core.tracking import MlflowTracker
         tracker = MlflowTracker(args.experiment, args.tracking_uri, system_metrics=False, create=False)
         if args.plan:
             return plan(args, tracker)
+        if args.claims:
+            from ablations.report import claims_across
+            print(claims_across(tracker, args.claims, args.profile, args.commit, args.pool))
+            return 0
         from ablations.report import build, summary_metrics
         md, files, g = build(tracker, args.grid, out, args.profile, shlex.join(["python", *sys.argv]),
                              args.commit, args.pool)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from core.toggles import REGISTRY
 from . import stats
-from .runs import GridRuns, ReportError, load, toggle_diff   # noqa: F401 (ReportError: the CLI's)
+from .runs import GridRuns, ReportError, load, toggle_diff
 
 PRIMARY = "val10_top1_err"
 SECONDARY = ("val10_top5_err", "val_top1_err", "val_top5_err")
@@ -207,7 +207,8 @@ def secondary_section(g: GridRuns) -> str:
                       table(["metric", "variant", "learned pairs", "mean Δ", "SD of Δ"], rows), ""])
 
 
-def claims_section(g: GridRuns, fam: dict | None, fx: pd.DataFrame | None) -> str:
+def claim_rows(g: GridRuns, fam: dict | None, fx: pd.DataFrame | None) -> list[list[str]]:
+    """Per paper claim: [claim, claimed Δ, measured Δ [interval], detectable, status] for this grid."""
     rows = []
     for text, (toggle, value), claimed in CLAIMS:
         match = [v for v in g.variants if v != g.base and toggle_diff(g, v) == {toggle: value}] if fam else []
@@ -225,13 +226,59 @@ def claims_section(g: GridRuns, fam: dict | None, fx: pd.DataFrame | None) -> st
                          f"{state}; claimed size {'inside' if inside else 'outside'} the interval"])
         else:
             rows.append([text, pts(claimed), "–", "–", f"not measured (no variant of this grid sets {toggle}={value})"])
-    return "\n".join(["## The paper's claims at this scale", "",
-                      "Claimed change in 10-crop top-1 error (points) when the paper's choice is removed, against "
-                      "the same interval as the verdicts above (one-at-a-time grids) or the factorial main effect "
-                      "(95%, HC3). This is Imagenette at reduced scale, not ImageNet. Detectable: the smallest "
-                      "effect these runs find with 80% power at the interval's level (paired t-test on the "
-                      "pairs' SD; for a main effect, (z + 0.84) standard errors).", "",
-                      table(["claim", "claimed Δ", "measured Δ [interval]", "detectable", "status"], rows), ""])
+    return rows
+
+
+CLAIMS_NOTE = ("Claimed change in 10-crop top-1 error (points) when the paper's choice is removed, against "
+               "the same interval as the verdicts (one-at-a-time grids: paired learned runs, family-wise) or the "
+               "factorial main effect (95%, HC3). This is Imagenette at reduced scale, not ImageNet. Detectable: "
+               "the smallest effect these runs find with 80% power at the interval's level (paired t-test on the "
+               "pairs' SD; for a main effect, (z + 0.84) standard errors).")
+
+
+def claims_section(g: GridRuns, fam: dict | None, fx: pd.DataFrame | None) -> str:
+    return "\n".join(["## The paper's claims at this scale", "", CLAIMS_NOTE, "",
+                      table(["claim", "claimed Δ", "measured Δ [interval]", "detectable", "status"],
+                            claim_rows(g, fam, fx)), ""])
+
+
+def analyse(g: GridRuns) -> tuple[dict | None, str, pd.DataFrame | None, list[str]]:
+    """The grid's primary analysis: paired effects (one-at-a-time) and/or the factorial fit."""
+    toggles = is_two_level(g)
+    one_at_a_time = g.base in set(g.cells["variant"]) and not toggles
+    fam = primary_effects(g) if one_at_a_time else None
+    fx_md, fx = factorial_section(g, toggles) if toggles else ("", None)
+    return fam, fx_md, fx, toggles
+
+
+def claims_across(tracker, grids: list[str], profile: str | None = None, commit: str | None = None,
+                  pool: bool = False) -> str:
+    """The paper's claims as every named grid of the store measures them: one table, a row per
+    claim and grid that tests it, each naming its grid, commit, learned runs and failures."""
+    rows, notes = [], []
+    for grid in grids:
+        try:
+            g = load(tracker, grid, profile, commit, pool)
+        except ReportError as err:
+            notes.append(f"- `{grid}`: {err}")
+            continue
+        fam, _, fx, _ = analyse(g)
+        commits = ", ".join(f"`{c[:7]}` {p}" for c, p in
+                            g.cells[["commit", "precision"]].drop_duplicates().itertuples(index=False))
+        ok = learned(g.cells)
+        source = (f"`{grid}` ({commits}, {g.cells['seed'].nunique()} seeds, {len(ok)}/{len(g.cells)} learned"
+                  + ("; INCOMPLETE" if g.missing or g.running else "") + ")")
+        for row in claim_rows(g, fam, fx):
+            if row[2] != "–":
+                rows.append([row[0], row[1], source, *row[2:]])
+        if not any(r[2] == source for r in rows):
+            notes.append(f"- `{grid}`: tests none of the claims")
+    rows.sort(key=lambda r: [c[0] for c in CLAIMS].index(r[0]))
+    untested = [text for text, _, _ in CLAIMS if not any(r[0] == text for r in rows)]
+    notes += [f"- not measured by these grids: {text}" for text in untested]
+    return "\n".join(["## The paper's claims, per grid", "", CLAIMS_NOTE, "",
+                      table(["claim", "claimed Δ", "grid", "measured Δ [interval]", "detectable", "status"], rows)]
+                     + ([""] + notes if notes else []) + [""])
 
 
 def factorial_section(g: GridRuns, toggles: list[str]) -> tuple[str, pd.DataFrame | None]:
@@ -325,10 +372,7 @@ def runs_section(g: GridRuns, tracker) -> str:
 def build(tracker, grid: str, out: Path, profile: str | None = None, command: str = "",
           commit: str | None = None, pool: bool = False) -> tuple[str, list[Path], GridRuns]:
     g = load(tracker, grid, profile, commit, pool)
-    toggles = is_two_level(g)
-    one_at_a_time = g.base in set(g.cells["variant"]) and not toggles
-    fam = primary_effects(g) if one_at_a_time else None
-    fx_md, fx = factorial_section(g, toggles) if toggles else ("", None)
+    fam, fx_md, fx, toggles = analyse(g)
     folder = out.with_suffix("")
     plots_md, files = plots_section(g, fam, folder, folder.name)
     parts = [header(g, tracker, command), outcomes_section(g), results_section(g)]

@@ -231,3 +231,24 @@ def test_runs_of_two_commits_are_not_paired_unless_pooled():
 def test_no_runs_is_an_error():
     with pytest.raises(ReportError, match="run python run_ablation.py"):
         load(MemoryTracker(), "dev")
+
+
+def test_claims_across_grids_repeat_each_grids_own_claims_table(tmp_path):
+    """`report.py --claims`: each grid's row is the row of that grid's own report; a grid that is not
+    in the store and a claim no grid tests are said, not dropped."""
+    tracker = one_at_a_time(seeds=8, late_seeds=())
+    frac, _ = fractional_store()
+    tracker.runs += frac.runs                     # two grids in one store
+    text = report.claims_across(tracker, ["dev", "frac", "absent"])
+    for grid in ("dev", "frac"):
+        md, _, _ = report.build(tracker, grid, tmp_path / f"{grid}.md")
+        own = md.split("## The paper's claims at this scale")[1].split("\n## ")[0]
+        measured = [line for line in own.splitlines() if line.startswith("| LRN") or line.startswith("| overlapping")]
+        assert measured
+        for line in measured:
+            claim, claimed, *rest = line.split(" | ")
+            row = next(r for r in text.splitlines() if r.startswith(claim + " | ") and f"`{grid}` (" in r)
+            assert row.endswith(" | ".join(rest)) and f" | {claimed} | " in row
+    assert "`abc1234` fp32, 8 seeds, 32/32 learned)" in text      # grid, commit, learned counts, complete
+    assert "- `absent`: no runs of grid 'absent'" in text
+    assert "- not measured by these grids: PCA lighting" in text
