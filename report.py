@@ -67,7 +67,8 @@ def main(argv=None) -> int:
             return plan(args, tracker)
         if args.claims:
             from ablations.report import claims_across
-            print(claims_across(tracker, args.claims, args.profile, args.commit, args.pool))
+            print(claims_across(tracker, args.claims, args.profile, args.commit, args.pool,
+                                shlex.join(["python", *sys.argv])))
             return 0
         from ablations.report import build, summary_metrics
         md, files, g = build(tracker, args.grid, out, args.profile, shlex.join(["python", *sys.argv]),

@@ -252,7 +252,7 @@ def analyse(g: GridRuns) -> tuple[dict | None, str, pd.DataFrame | None, list[st
 
 
 def claims_across(tracker, grids: list[str], profile: str | None = None, commit: str | None = None,
-                  pool: bool = False) -> str:
+                  pool: bool = False, command: str = "") -> str:
     """The paper's claims as every named grid of the store measures them: one table, a row per
     claim and grid that tests it, each naming its grid, commit, learned runs and failures."""
     rows, notes = [], []
@@ -276,7 +276,10 @@ def claims_across(tracker, grids: list[str], profile: str | None = None, commit:
     rows.sort(key=lambda r: [c[0] for c in CLAIMS].index(r[0]))
     untested = [text for text, _, _ in CLAIMS if not any(r[0] == text for r in rows)]
     notes += [f"- not measured by these grids: {text}" for text in untested]
-    return "\n".join(["## The paper's claims, per grid", "", CLAIMS_NOTE, "",
+    made = (f"From `{tracker.uri}`, experiment `{tracker.experiment}`"
+            + (f", profile `{profile}`" if profile else "")
+            + f", {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC" + (f": `{command}`" if command else "") + ".")
+    return "\n".join(["## The paper's claims, per grid", "", made, "", CLAIMS_NOTE, "",
                       table(["claim", "claimed Δ", "grid", "measured Δ [interval]", "detectable", "status"], rows)]
                      + ([""] + notes if notes else []) + [""])
 

@@ -239,7 +239,8 @@ def test_claims_across_grids_repeat_each_grids_own_claims_table(tmp_path):
     tracker = one_at_a_time(seeds=8, late_seeds=())
     frac, _ = fractional_store()
     tracker.runs += frac.runs                     # two grids in one store
-    text = report.claims_across(tracker, ["dev", "frac", "absent"])
+    text = report.claims_across(tracker, ["dev", "frac", "absent"], command="python report.py --claims dev frac absent")
+    assert f"From `{tracker.uri}`, experiment `{tracker.experiment}`" in text and "`python report.py --claims dev" in text
     for grid in ("dev", "frac"):
         md, _, _ = report.build(tracker, grid, tmp_path / f"{grid}.md")
         own = md.split("## The paper's claims at this scale")[1].split("\n## ")[0]
