@@ -306,13 +306,25 @@ def factorial_section(g: GridRuns, toggles: list[str]) -> tuple[str, pd.DataFram
              f"±{100 * (r.ci_high - r.ci_low) / 2:.2f}" if not math.isnan(r.ci_low) else "–", _p(r.p)]
             for r in fx.itertuples()]
     design = f"2^{len(toggles)}" if g.cells["variant"].nunique() == 2 ** len(toggles) else f"2^({len(toggles)}-1)"
+    strong = [r.term for r in fx.itertuples() if ":" in r.term and not math.isnan(r.ci_low)
+              and (r.ci_low > 0 or r.ci_high < 0)]
+    simple = []
+    if strong:
+        se = stats.simple_effects(ok, toggles, PRIMARY, strong)
+        simple = ["Simple effects, for each two-way interaction whose 95% interval excludes 0 (unadjusted for the "
+                  f"{len(toggles) * (len(toggles) - 1) // 2} interactions, so descriptive): the effect of each of its "
+                  "two toggles with the other held at the paper's value and at the deviation (main effect ∓ half "
+                  "the interaction, its interval from the same fit).", "",
+                  table(["interaction", "effect of", "with", "at", "effect", "95% CI", "p"],
+                        [[f"`{r.interaction}`", f"`{r.toggle}`", f"`{r.given}`", r.level, pts(r.effect, 2),
+                          interval((r.ci_low, r.ci_high), 2), _p(r.p)] for r in se.itertuples()]), ""]
     return ("\n".join([f"## Factorial effects ({PRIMARY})", "",
                        f"Least squares on the {design} design over {len(ok)} learned runs of {runs} "
                        f"({runs - len(ok)} excluded: not learned), seed as a block, HC3 standard errors, 95% "
                        f"intervals. A main effect is the mean change (points) when the toggle moves from the paper "
                        f"to the deviation, averaged over the other toggles; an interaction is the difference of "
                        f"differences.", "",
-                       table(["term", "effect", "95% CI", "half-width", "p"], rows), "",
+                       table(["term", "effect", "95% CI", "half-width", "p"], rows), "", *simple,
                        "Learning per level (failure to learn, modelled apart from the error: the runs excluded above):",
                        "", table(["toggle", "learned at the paper's value", "learned at the deviation"], counts), ""]),
             fx)

@@ -213,11 +213,7 @@ def factorial_replicates(sd_run: float, cells: int, factors: int, learned_share:
     return None
 
 
-def factorial_fit(df: pd.DataFrame, factors: list[str], response: str, block: str | None = "seed") -> pd.DataFrame:
-    """Main effects and two-way interactions of a two-level design (full or fractional) by least
-    squares, seed as a block, HC3 standard errors. Factors coded -1/2 (paper) and +1/2 (deviation):
-    a main effect is the mean difference deviation - paper; an interaction the difference of
-    differences. Terms the data cannot separate get nan."""
+def _factorial_ols(df: pd.DataFrame, factors: list[str], response: str, block: str | None):
     import statsmodels.formula.api as smf
     data = pd.DataFrame({f: df[f].astype(float).values - 0.5 for f in factors})
     data["y"] = df[response].astype(float).values
@@ -226,7 +222,15 @@ def factorial_fit(df: pd.DataFrame, factors: list[str], response: str, block: st
     if block and df[block].nunique() > 1:
         data["block"] = df[block].astype(str).values
         formula += " + C(block)"
-    fit = smf.ols(formula, data=data).fit(cov_type="HC3")
+    return smf.ols(formula, data=data).fit(cov_type="HC3"), terms
+
+
+def factorial_fit(df: pd.DataFrame, factors: list[str], response: str, block: str | None = "seed") -> pd.DataFrame:
+    """Main effects and two-way interactions of a two-level design (full or fractional) by least
+    squares, seed as a block, HC3 standard errors. Factors coded -1/2 (paper) and +1/2 (deviation):
+    a main effect is the mean difference deviation - paper; an interaction the difference of
+    differences. Terms the data cannot separate get nan."""
+    fit, terms = _factorial_ols(df, factors, response, block)
     ci = fit.conf_int(ALPHA)
     rows = []
     for t in terms:
@@ -237,3 +241,25 @@ def factorial_fit(df: pd.DataFrame, factors: list[str], response: str, block: st
     out = pd.DataFrame(rows)
     out.attrs.update(n=int(fit.nobs), df_resid=float(fit.df_resid))
     return out
+
+
+def simple_effects(df: pd.DataFrame, factors: list[str], response: str, interactions: list[str],
+                   block: str | None = "seed") -> pd.DataFrame:
+    """For each interaction "a:b" of the same fit as factorial_fit: the effect of a with b at the
+    paper's value and at the deviation (main effect -/+ half the interaction), and the same for b,
+    each with its 95% interval from the fit's HC3 covariance (a linear contrast of two estimates)."""
+    fit, _ = _factorial_ols(df, factors, response, block)
+    names = list(fit.params.index)
+    rows = []
+    for term in interactions:
+        a, b = term.split(":")
+        for toggle, other in ((a, b), (b, a)):
+            for level, sign in (("paper", -0.5), ("deviation", 0.5)):
+                contrast = np.zeros(len(names))
+                contrast[names.index(toggle)], contrast[names.index(term)] = 1.0, sign
+                res = fit.t_test(contrast)
+                lo, hi = np.asarray(res.conf_int(ALPHA)).ravel()
+                rows.append({"interaction": term, "toggle": toggle, "given": other, "level": level,
+                             "effect": float(np.asarray(res.effect).ravel()[0]), "ci_low": float(lo),
+                             "ci_high": float(hi), "p": float(np.asarray(res.pvalue).ravel()[0])})
+    return pd.DataFrame(rows)

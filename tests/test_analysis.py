@@ -253,3 +253,29 @@ def test_claims_across_grids_repeat_each_grids_own_claims_table(tmp_path):
     assert "`abc1234` fp32, 8 seeds, 32/32 learned)" in text      # grid, commit, learned counts, complete
     assert "- `absent`: no runs of grid 'absent'" in text
     assert "- not measured by these grids: PCA lighting" in text
+
+
+def test_simple_effects_of_an_interaction_recover_the_conditional_truth():
+    """The synthetic fraction's init:lrn interaction (+1 point): lrn's effect is 0.5 with init at the
+    paper's value and 1.5 at PyTorch's; init's is -3.5 and -2.5 with lrn on and off. The report
+    shows them, and only for interactions whose interval excludes 0."""
+    tracker, truth = fractional_store(sd=0.002)
+    g = load(tracker, "frac")
+    toggles = report.is_two_level(g)
+    md, fx = report.factorial_section(g, toggles)
+    fx = fx.set_index("term")
+    strong = [t for t in fx.index if ":" in t and (fx.loc[t, "ci_low"] > 0 or fx.loc[t, "ci_high"] < 0)]
+    assert "init:lrn" in strong
+    ok = report.learned(report.coded(g, toggles))
+    se = stats.simple_effects(ok, toggles, report.PRIMARY, ["init:lrn"]).set_index(["toggle", "level"])
+    want = {("lrn", "paper"): truth["lrn"] - 0.005, ("lrn", "deviation"): truth["lrn"] + 0.005,
+            ("init", "paper"): truth["init"] - 0.005, ("init", "deviation"): truth["init"] + 0.005}
+    for key, value in want.items():   # within 3.3 standard errors (99.9%) of the truth, the SE from the interval
+        r = se.loc[key]
+        assert abs(r.effect - value) <= 3.3 * (r.ci_high - r.ci_low) / (2 * 1.96), key
+    # main effect -/+ half the interaction, exactly (a linear contrast of the fit's estimates)
+    assert se.loc[("lrn", "paper"), "effect"] == pytest.approx(fx.loc["lrn", "effect"] - fx.loc["init:lrn", "effect"] / 2)
+    assert "Simple effects, for each two-way interaction" in md
+    for t in strong:
+        assert f"| `{t}` | `{t.split(':')[0]}` | `{t.split(':')[1]}` | paper |" in md
+    assert md.count("| paper |") == 2 * len(strong)
