@@ -120,20 +120,20 @@ def check_writable(folder: Path | str, option: str) -> None:
                           f"pass {option} with a writable folder")
 
 
-def take_over_parents(tracker, grid: str, locks: Path) -> list[str]:
-    """End as KILLED the grid's parent runs left RUNNING by a process that died (no live process
-    holds their lock)."""
-    dead = [r.run_id for r in tracker.records(grid)
+def take_over_parents(tracker, grid: str, locks: Path, records: list) -> list[str]:
+    """End as KILLED the grid's parent runs (in `records`) left RUNNING by a process that died (no
+    live process holds their lock)."""
+    dead = [r.run_id for r in records
             if r.tags.get("role") == "grid" and r.status == "RUNNING" and not is_locked(locks / f"{r.run_id}.lock")]
     for run_id in dead:
         tracker.end(run_id, "KILLED", {"ended_by": "a later runner: the process that ran it had died"})
     return dead
 
 
-def end_superseded_cells(tracker, grid: str, root: Path) -> list[str]:
-    """End as KILLED the grid's cell runs left RUNNING although their cell has a FINISHED run and
-    no live process holds the cell's lock (a process that died before it, at any commit, left them)."""
-    records = tracker.records(grid)
+def end_superseded_cells(tracker, records: list, root: Path) -> list[str]:
+    """End as KILLED the grid's cell runs (in `records`) left RUNNING although their cell has a
+    FINISHED run and no live process holds the cell's lock (a process that died before it, at any
+    commit, left them)."""
     finished = {r.tags.get("config_hash") for r in records if r.tags.get("role") == "cell" and r.status == "FINISHED"}
     dead = [r.run_id for r in records if r.tags.get("role") == "cell" and r.status == "RUNNING"
             and r.tags.get("config_hash") in finished
@@ -200,9 +200,10 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
                                                 [c.config.hash() for c in cells]), todo,
                            on_dead_trial=lambda attrs: end_dead_parent(tracker, grid, attrs.get("parent_run_id")))
     else:
-        take_over_parents(tracker, grid, locks)
+        records = tracker.records(grid)   # one search for both
+        take_over_parents(tracker, grid, locks, records)
         if not rerun:
-            end_superseded_cells(tracker, grid, root)
+            end_superseded_cells(tracker, records, root)
         source = LocalCells(todo)
     if not todo or not source.pending():
         return out   # nothing left to train: no empty parent run
