@@ -55,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", default=str(REPO / "experiments.yaml"), help="experiments file")
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     ap.add_argument("--rerun", action="store_true", help="train cells even if a FINISHED run has their config_hash")
+    ap.add_argument("--no-reuse", action="store_true",
+                    help="train a cell even when another grid of the experiment has FINISHED it with the same "
+                         "config_hash at the same commit (by default that run is copied into this grid)")
     ap.add_argument("--checkpoint-dir", help="per-cell checkpoints and the locks that mark cells in training "
                     "(default: checkpoints/ beside a SQLite store, else ./checkpoints); share it between machines")
     ap.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
@@ -224,13 +227,15 @@ def run(args, experiments) -> int:
                    device=args.device, command=getattr(args, "command", None) or shlex.join(["python", *sys.argv]),
                    first_seed=args.first_seed, checkpoint_dir=args.checkpoint_dir,
                    checkpoint_every=args.checkpoint_every, storage=args.storage, experiment=args.experiment,
-                   progress=os.environ.get("ALEXNET_WORKER") is None)
+                   progress=os.environ.get("ALEXNET_WORKER") is None, reuse=not args.no_reuse)
     distributed.broadcast(None)   # under torchrun: the other ranks stop
     distributed.close()
     ui = "" if tracker.uri.startswith("http") else f"  (after: mlflow ui --backend-store-uri {tracker.uri})"
     finished = [r.run_id for r in tracker.records(args.grid) if r.status == "FINISHED" and r.tags.get("role") == "cell"]
     print(f"done: {len(out.ran)} trained ({len(out.resumed)} resumed from a checkpoint), "
           f"{len(out.skipped)} already finished (skipped)"
+          + (f", {len(out.copied)} copied from another grid's FINISHED run of the same config and commit "
+             f"(--no-reuse trains them)" if out.copied else "")
           + (f", {len(out.busy)} being trained by another process (left to it)" if out.busy else "") + "\n"
           f"runs:   {tracker.run_url()}{ui}\n"
           + (f"parent: {tracker.run_url(out.parent_id)}\n" if out.parent_id else "")

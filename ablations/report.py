@@ -109,7 +109,7 @@ def header(g: GridRuns, tracker, command: str) -> str:
              f"- **Seeds**: {len(seeds)} ({', '.join(map(str, seeds))}); every number below says its n",
              f"- **Code and precision**: {commits}" + (" — **pooled** across them (`--pool`)" if g.pooled else ""),
              f"- **Cells**: {len(g.cells)} finished cells used, first started {started:%Y-%m-%d %H:%M} UTC"
-             + (f"; the grid's launch planned {expected} cells" if expected else ""),
+             + (f"; the grid's launch planned {expected} cells" if expected else "") + copied_note(g),
              f"- **MLflow**: `{tracker.uri}`, experiment `{tracker.experiment}` "
              f"([runs table]({tracker.run_url()}), [every cell's validation curve]"
              f"({tracker.curves_url(list(g.cells['run_id']))})); run ids of every number at the end",
@@ -140,6 +140,17 @@ def header(g: GridRuns, tracker, command: str) -> str:
               "> Errors in %, on the val split (Imagenette has no separate test split). Imagenette (10 classes) at "
               "reduced resolution and width is not ImageNet: effects here need not transfer to the paper's scale.", ""]
     return "\n".join(lines)
+
+
+def copied_note(g: GridRuns) -> str:
+    """The cells copied from another grid's run (run_ablation.py reuses a FINISHED run of the same
+    config and commit instead of training it again)."""
+    copied = g.cells.dropna(subset=["reused_from"])
+    if copied.empty:
+        return ""
+    grids = ", ".join(f"`{x}`" for x in sorted(copied["reused_from_grid"].dropna().unique()))
+    return (f"; {len(copied)} of them copied from grid {grids} (the same config and commit, not trained again; "
+            "tag `reused_from`): results shared with that grid are not independent of it")
 
 
 def outcomes_section(g: GridRuns) -> str:
@@ -266,7 +277,9 @@ def claims_across(tracker, grids: list[str], profile: str | None = None, commit:
         commits = ", ".join(f"`{c[:7]}` {p}" for c, p in
                             g.cells[["commit", "precision"]].drop_duplicates().itertuples(index=False))
         ok = learned(g.cells)
+        copied = g.cells["reused_from"].notna().sum()
         source = (f"`{grid}` ({commits}, {g.cells['seed'].nunique()} seeds, {len(ok)}/{len(g.cells)} learned"
+                  + (f", {copied} cells copied from another grid" if copied else "")
                   + ("; INCOMPLETE" if g.missing or g.running else "") + ")")
         for row in claim_rows(g, fam, fx):
             if row[2] != "–":

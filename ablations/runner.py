@@ -20,7 +20,7 @@ from core import distributed, outcomes, runtime, stream
 from core.checkpoint import Busy, Checkpoints, is_locked, locked
 from core.config import REPO, ConfigError, Experiments, Profile, RunConfig
 from core.data import load_split, resolve_root, train_stats
-from core.engine import Data, resolve_device, train
+from core.engine import Data, Result, resolve_device, train
 from core.toggles import REGISTRY, as_dict, differences
 from core.tracking import NullRun
 from .grids import Variant, expand
@@ -44,6 +44,7 @@ class GridOutcome:
     skipped: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)   # of `ran`: continued from a checkpoint
     busy: list[str] = field(default_factory=list)      # being trained by another live process
+    copied: list[str] = field(default_factory=list)    # not trained: another grid's FINISHED run copied
 
 
 def plan(experiments: Experiments, grid: str, profile: str, seeds: int, device: str | None = None,
@@ -180,13 +181,16 @@ class LocalCells:
 def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, tracker, data: Data,
              rerun: bool = False, progress: bool = True, device: str | None = None,
              command: str = "", first_seed: int = 0, checkpoint_dir: Path | str | None = None,
-             checkpoint_every: int = 1, storage: str | None = None, experiment: str = "") -> GridOutcome:
+             checkpoint_every: int = 1, storage: str | None = None, experiment: str = "",
+             reuse: bool = True) -> GridOutcome:
     """Train the grid's cells that have no FINISHED run. Each cell is claimed with a lock in
     `checkpoint_dir` (a cell a live process is training is left to it), checkpointed every
     `checkpoint_every` epochs (0: never), and an interrupted cell (KILLED, or RUNNING with no
     live owner) made by the same commit is resumed from its newest checkpoint into its own run.
     storage: an Optuna RDB URL; the cells are pulled from the shared queue there (any number of
-    runners, on any machines) instead of trained in order."""
+    runners, on any machines) instead of trained in order. reuse: a cell that another grid of the
+    experiment has FINISHED with the same config_hash at the same (clean) commit is copied into
+    this grid (copy_cell), not trained again."""
     cells = plan(experiments, grid, profile, seeds, device, data, first_seed)
     done = set() if rerun else tracker.finished_hashes(grid)
     todo = [c for c in cells if c.config.hash() not in done]
@@ -234,11 +238,19 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
                         out.skipped.append(cell.name)                     # finished meanwhile
                     else:
                         prior = None if rerun else resumable(tracker, records, cfg.hash(), commit)
-                        if prior is None:
-                            ckpt.clear()   # never continue a checkpoint that no run of this commit owns
-                        result = train_cell(grid, cell, cells[0].variant.name, profile, commit, tracker, data,
-                                            device, ckpt, prior.run_id if prior else None, bar)
-                        ckpt.finish()
+                        same = None if rerun or not reuse else reusable(tracker, cfg.hash(), commit)
+                        if same:
+                            result = copy_cell(grid, cell, cells[0].variant.name, profile, commit, tracker,
+                                               data, same)
+                            ckpt.clear()
+                            out.copied.append(cell.name)
+                            bar.update(cfg.epochs)
+                        else:
+                            if prior is None:
+                                ckpt.clear()   # never continue a checkpoint that no run of this commit owns
+                            result = train_cell(grid, cell, cells[0].variant.name, profile, commit, tracker, data,
+                                                device, ckpt, prior.run_id if prior else None, bar)
+                            ckpt.finish()
             except Busy:
                 out.busy.append(cell.name)
                 bar.update(cfg.epochs)
@@ -248,7 +260,7 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
                 source.release()   # the queue gives the cell to another runner
                 raise
             source.finish(result.metrics.get("val10_top1_err") if result else None)
-            if result:
+            if result and cell.name not in out.copied:
                 out.ran.append(cell.name)
                 if result.resumed_from:
                     out.resumed.append(cell.name)
@@ -262,16 +274,56 @@ def end_dead_parent(tracker, grid: str, run_id: str | None) -> None:
         tracker.end(run_id, "KILLED", {"ended_by": "a later runner: the process that ran it had died"})
 
 
+def cell_tags(grid: str, cell: Cell, base: str, profile: str, commit: str) -> dict:
+    cfg = cell.config
+    return {"grid": grid, "variant": cell.variant.name, "config_hash": cfg.hash(), "base_variant": base,
+            "seed": cfg.seed, "profile": profile, "git_commit": commit, "role": "cell",
+            "precision": cfg.profile.precision,
+            "flipped": ",".join(f"{k}={v}" for k, v in differences(cfg.toggles).items()) or "none"}
+
+
+def dataset_input(cell: Cell, data: Data) -> dict:
+    p = cell.config.profile
+    return {"name": f"{p.dataset}-{p.prep_size}px", "digest": data.train.digest, "source": data.train.root}
+
+
+def reusable(tracker, config_hash: str, commit: str):
+    """A FINISHED cell run of `config_hash` made by `commit`, from any grid of the experiment: the
+    same configuration trained by the same code: the same measurement, made once.
+    A dirty or unknown commit never matches: its code is not known to be the same."""
+    if commit == "unknown" or commit.endswith("-dirty"):
+        return None
+    return tracker.find_finished(config_hash, commit)
+
+
+def copy_cell(grid: str, cell: Cell, base: str, profile: str, commit: str, tracker, data: Data, source):
+    """`source` (a RunRecord from reusable) copied into a new run of this grid's cell: its params,
+    every metric's history (not MLflow's system metrics), its outcome and artifacts (weights,
+    config.yaml), tagged `reused_from` (the run first trained) and `reused_from_grid`."""
+    tags = {**cell_tags(grid, cell, base, profile, commit), "outcome": source.tags.get("outcome", ""),
+            "reused_from": source.tags.get("reused_from", source.run_id),
+            "reused_from_grid": source.tags.get("reused_from_grid", source.tags.get("grid", ""))}
+    by_step: dict[int, dict[str, float]] = {}
+    for key in source.metrics:
+        if not key.startswith("system/"):
+            for step, value in tracker.history(source.run_id, key):
+                by_step.setdefault(step, {})[key] = value
+    with tracker.child(cell.name, source.params, tags, dataset_input(cell, data)) as run:
+        for step in sorted(by_step):
+            run.log_metrics(by_step[step], step=step)
+        if not tracker.copy_artifacts(source.run_id, run.run_id):
+            run.log_dict(cell.config.resolved(), "config.yaml")
+            run.set_tags({"weights": "none: the source run's artifacts could not be read"})
+    return Result(dict(source.metrics), tags["outcome"], int(source.params.get("epochs_run", 0)),
+                  source.metrics.get("wall_time_s", 0.0), 0)
+
+
 def train_cell(grid: str, cell: Cell, base: str, profile: str, commit: str, tracker, data: Data, device,
                ckpt: Checkpoints, resume: str | None, bar):
     """One cell into its own MLflow run: a new one, or `resume`, the run it continues."""
     cfg = cell.config
-    tags = {"grid": grid, "variant": cell.variant.name, "config_hash": cfg.hash(), "base_variant": base,
-            "seed": cfg.seed, "profile": profile, "git_commit": commit, "role": "cell",
-            "precision": cfg.profile.precision,
-            "flipped": ",".join(f"{k}={v}" for k, v in differences(cfg.toggles).items()) or "none"}
-    dataset = {"name": f"{cfg.profile.dataset}-{cfg.profile.prep_size}px",
-               "digest": data.train.digest, "source": data.train.root}
+    tags = cell_tags(grid, cell, base, profile, commit)
+    dataset = dataset_input(cell, data)
     params = {**child_params(cfg, data), "device": str(resolve_device(device)), "cpu": runtime.cpu_kind(),
               "processes": distributed.size(),
               "input": stream.resolve(cfg.profile.input, data.train.images, resolve_device(device))}

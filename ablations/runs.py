@@ -130,6 +130,7 @@ def load(tracker, grid: str, profile: str | None = None, commit: str | None = No
                      "precision": r.params.get("precision", "?"), "outcome": outcome,
                      "epochs_at_chance": at_chance, "epochs_run": _epochs_run(r.params),
                      "base_variant": r.tags.get("base_variant"), "params": r.params,
+                     "reused_from": r.tags.get("reused_from"), "reused_from_grid": r.tags.get("reused_from_grid"),
                      **{f"t.{k}": v for k, v in parse_toggles(r.params).items()},
                      **{m: r.metrics.get(m, float("nan")) for m in METRICS}})
     out.cells = pd.DataFrame(rows).sort_values(["seed", "start_ms"]).reset_index(drop=True)

@@ -56,6 +56,8 @@ class Tracker(Protocol):
               dataset: dict[str, str] | None = None, resume: str | None = None
               ) -> contextlib.AbstractContextManager[RunLog]: ...
     def finished_hashes(self, grid: str) -> set[str]: ...
+    def find_finished(self, config_hash: str, commit: str) -> RunRecord | None: ...
+    def copy_artifacts(self, source_id: str, run_id: str) -> bool: ...
     def end(self, run_id: str, status: str = "KILLED", tags: dict[str, Any] | None = None) -> None: ...
     # the read side (report.py): every run of a grid, a metric's history, links
     uri: str
@@ -174,6 +176,22 @@ def _signals_held():
         _release_signals(previous)
 
 
+def on_shared_row(write, attempts: int = 5):
+    """write() for a row that other processes may write first (an experiment's tag, a dataset every
+    cell logs): MLflow's store looks for the row and then inserts it, so of two processes that look
+    at once, one gets an IntegrityError. After the other has committed, the same write finds the row
+    and succeeds; any other error is raised at once."""
+    from mlflow.exceptions import MlflowException
+    for attempt in range(attempts):
+        try:
+            return write()
+        except MlflowException as err:
+            lost_race = "IntegrityError" in f"{err} {err.__cause__!r}"
+            if not lost_race or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 class _MlflowRun:
     def __init__(self, client, run_id: str, logged: dict[str, int] | None = None):
         """logged: the last step of each metric already in the run (a resumed run): those steps
@@ -231,7 +249,8 @@ class MlflowTracker:
                     raise
         self.experiment_id = mlflow.set_experiment(experiment).experiment_id
         # open the experiment on its runs table, not the GenAI traces overview
-        mlflow.MlflowClient().set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")
+        on_shared_row(lambda: mlflow.MlflowClient().set_experiment_tag(self.experiment_id, "mlflow.experimentKind",
+                                                                       "custom_model_development"))
         self.client = mlflow.MlflowClient()
         self.system_metrics = system_metrics
         self._parent_id: str | None = None
@@ -347,12 +366,42 @@ class MlflowTracker:
                 warnings.simplefilter("ignore", UserWarning)
                 source = resolve_dataset_source(where.removeprefix("hf:"))
         ds = MetaDataset(source, name=dataset["name"], digest=dataset["digest"])
-        mlflow.log_input(ds, context=dataset.get("context", "training"))
+        on_shared_row(lambda: mlflow.log_input(ds, context=dataset.get("context", "training")))
 
     def finished_hashes(self, grid: str) -> set[str]:
         """config_hash of every FINISHED cell of `grid` in the experiment (what resume skips)."""
         return {r.tags["config_hash"] for r in self.records(grid)
                 if r.status == "FINISHED" and "config_hash" in r.tags}
+
+    def find_finished(self, config_hash: str, commit: str) -> RunRecord | None:
+        """The newest FINISHED cell run of `config_hash` made by `commit` in the experiment, from any
+        grid (None: there is none)."""
+        found = self.client.search_runs([self.experiment_id],
+                                        f"tags.config_hash = '{config_hash}' and tags.git_commit = '{commit}' "
+                                        "and tags.role = 'cell' and attributes.status = 'FINISHED'",
+                                        max_results=1, order_by=["attributes.start_time DESC"])
+        if not found:
+            return None
+        r = found[0]
+        return RunRecord(r.info.run_id, r.info.run_name or "", r.info.status, r.info.start_time, r.info.end_time,
+                         dict(r.data.params), dict(r.data.tags), dict(r.data.metrics),
+                         r.data.tags.get("mlflow.parentRunId"))
+
+    def copy_artifacts(self, source_id: str, run_id: str) -> bool:
+        """Every artifact of run `source_id` into run `run_id`; False when the source has none that
+        can be read (a store copied without its artifact folder)."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = Path(mlflow.artifacts.download_artifacts(run_id=source_id, dst_path=tmp, tracking_uri=self.uri))
+            except (MlflowException, OSError):
+                return False
+            if not any(local.iterdir()):
+                return False
+            with _signals_held():
+                self.client.log_artifacts(run_id, str(local))
+        return True
 
     def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
@@ -417,9 +466,12 @@ class MemoryTracker:
         self.uri, self.experiment = "memory", experiment
 
     def records(self, grid):
+        return self.records_where(lambda r: r.tags.get("grid") == grid)
+
+    def records_where(self, keep) -> list[RunRecord]:
         return [RunRecord(r.run_id, r.name, r.status, i * 1000, i * 1000 + 1, dict(r.params), dict(r.tags),
                           {k: v[-1][1] for k, v in r.metrics.items()}, r.parent_id)
-                for i, r in enumerate(self.runs) if r.tags.get("grid") == grid]
+                for i, r in enumerate(self.runs) if keep(r)]
 
     def history(self, run_id, key):
         return next(r.metrics.get(key, []) for r in self.runs if r.run_id == run_id)
@@ -470,3 +522,13 @@ class MemoryTracker:
     def finished_hashes(self, grid):
         return {r.tags.get("config_hash") for r in self.runs
                 if r.status == "FINISHED" and r.tags.get("grid") == grid} - {None}
+
+    def find_finished(self, config_hash, commit):
+        return next((rec for rec in reversed(self.records_where(lambda r: True))
+                     if rec.status == "FINISHED" and rec.tags.get("role") == "cell"
+                     and rec.tags.get("config_hash") == config_hash and rec.tags.get("git_commit") == commit), None)
+
+    def copy_artifacts(self, source_id, run_id):
+        source = next(r for r in self.runs if r.run_id == source_id)
+        next(r for r in self.runs if r.run_id == run_id).artifacts.update(source.artifacts)
+        return bool(source.artifacts)
