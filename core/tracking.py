@@ -390,6 +390,7 @@ class MlflowTracker:
     def copy_artifacts(self, source_id: str, run_id: str) -> bool:
         """Every artifact of run `source_id` into run `run_id`; False when the source has none that
         can be read (a store copied without its artifact folder)."""
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # not inside the grid's bar
         import mlflow
         from mlflow.exceptions import MlflowException
         with tempfile.TemporaryDirectory() as tmp:
