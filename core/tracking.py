@@ -186,7 +186,8 @@ def on_shared_row(write, attempts: int = 5):
         try:
             return write()
         except MlflowException as err:
-            lost_race = "IntegrityError" in f"{err} {err.__cause__!r}"
+            text = f"{err} {err.__cause__!r}"   # SQLite, PostgreSQL, or either behind an MLflow server
+            lost_race = any(m in text for m in ("IntegrityError", "UNIQUE constraint", "duplicate key", "/gkpj"))
             if not lost_race or attempt == attempts - 1:
                 raise
             time.sleep(0.05 * (attempt + 1))

@@ -14,8 +14,11 @@ from mlflow.exceptions import MlflowException
 from core.tracking import on_shared_row
 
 
-def test_two_runs_logging_one_new_dataset_at_once_both_succeed(tmp_path):
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_runs_logging_one_new_dataset_at_once_both_succeed(tmp_path, backend, request):
+    uri = (f"sqlite:///{tmp_path}/mlflow.db" if backend == "sqlite"
+           else request.getfixturevalue("postgres")().replace("postgresql://", "postgresql+psycopg://"))
+    client = mlflow.MlflowClient(uri)
     errors = []
     for round_ in range(10):   # unguarded, most rounds lose the race (24 of 30 when measured)
         experiment = client.create_experiment(f"race-{round_}")
