@@ -230,7 +230,7 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
             cfg = cell.config
             bar.set_postfix_str(cell.name)
             ckpt = Checkpoints(root / cfg.hash(), checkpoint_every)
-            result = None
+            result, copied = None, False
             try:
                 with ckpt.claim():
                     records = [] if rerun else tracker.records(grid)   # one search per cell
@@ -239,7 +239,7 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
                     else:
                         prior = None if rerun else resumable(tracker, records, cfg.hash(), commit)
                         same = None if rerun or not reuse else reusable(tracker, cfg.hash(), commit)
-                        if same:
+                        if copied := same is not None:
                             result = copy_cell(grid, cell, cells[0].variant.name, profile, commit, tracker,
                                                data, same)
                             ckpt.clear()
@@ -260,7 +260,7 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
                 source.release()   # the queue gives the cell to another runner
                 raise
             source.finish(result.metrics.get("val10_top1_err") if result else None)
-            if result and cell.name not in out.copied:
+            if result and not copied:
                 out.ran.append(cell.name)
                 if result.resumed_from:
                     out.resumed.append(cell.name)

@@ -225,6 +225,12 @@ class _MlflowRun:
                 self.client.log_artifact(self.run_id, str(local), str(Path(path).parent) if Path(path).parent != Path(".") else None)
 
 
+def _record(r) -> RunRecord:
+    """An MLflow Run as the read side's RunRecord."""
+    return RunRecord(r.info.run_id, r.info.run_name or "", r.info.status, r.info.start_time, r.info.end_time,
+                     dict(r.data.params), dict(r.data.tags), dict(r.data.metrics), r.data.tags.get("mlflow.parentRunId"))
+
+
 class MlflowTracker:
     def __init__(self, experiment: str = DEFAULT_EXPERIMENT, tracking_uri: str | None = None,
                  system_metrics: bool = True, create: bool = True):
@@ -283,10 +289,7 @@ class MlflowTracker:
         while True:
             page = self.client.search_runs([self.experiment_id], f"tags.grid = '{grid}'",
                                            run_view_type=ViewType.ACTIVE_ONLY, max_results=5000, page_token=token)
-            for r in page:
-                out.append(RunRecord(r.info.run_id, r.info.run_name or "", r.info.status, r.info.start_time,
-                                     r.info.end_time, dict(r.data.params), dict(r.data.tags), dict(r.data.metrics),
-                                     r.data.tags.get("mlflow.parentRunId")))
+            out += [_record(r) for r in page]
             token = page.token
             if not token:
                 return out
@@ -381,12 +384,7 @@ class MlflowTracker:
                                         f"tags.config_hash = '{config_hash}' and tags.git_commit = '{commit}' "
                                         "and tags.role = 'cell' and attributes.status = 'FINISHED'",
                                         max_results=1, order_by=["attributes.start_time DESC"])
-        if not found:
-            return None
-        r = found[0]
-        return RunRecord(r.info.run_id, r.info.run_name or "", r.info.status, r.info.start_time, r.info.end_time,
-                         dict(r.data.params), dict(r.data.tags), dict(r.data.metrics),
-                         r.data.tags.get("mlflow.parentRunId"))
+        return _record(found[0]) if found else None
 
     def copy_artifacts(self, source_id: str, run_id: str) -> bool:
         """Every artifact of run `source_id` into run `run_id`; False when the source has none that
