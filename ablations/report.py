@@ -104,8 +104,8 @@ def header(g: GridRuns, tracker, command: str) -> str:
     lines = [f"# Ablation report: grid `{g.grid}`, profile `{g.profile}`", "",
              f"- **Profile** `{g.profile}`: dataset {c.get('dataset')} ({c.get('train_images')} train / "
              f"{c.get('val_images')} val images), {c.get('image_size')} px crops of {c.get('prep_size')} px images, "
-             f"width {c.get('width')}, batch {c.get('batch_size')}, lr {c.get('lr')}, device {c.get('device', '?')}"
-             f" ({c.get('cpu', '?')}), precision {c.get('precision', '?')}",
+             f"width {c.get('width')}, batch {c.get('batch_size')}, lr {c.get('lr')}, {machines(g)}, "
+             f"precision {c.get('precision', '?')}",
              f"- **Seeds**: {len(seeds)} ({', '.join(map(str, seeds))}); every number below says its n",
              f"- **Code and precision**: {commits}" + (" — **pooled** across them (`--pool`)" if g.pooled else ""),
              f"- **Cells**: {len(g.cells)} finished cells used, first started {started:%Y-%m-%d %H:%M} UTC"
@@ -140,6 +140,19 @@ def header(g: GridRuns, tracker, command: str) -> str:
               "> Errors in %, on the val split (Imagenette has no separate test split). Imagenette (10 classes) at "
               "reduced resolution and width is not ImageNet: effects here need not transfer to the paper's scale.", ""]
     return "\n".join(lines)
+
+
+def machines(g: GridRuns) -> str:
+    """The device and CPU kind each cell trained on, counted, and whether each seed's cells (the
+    pairs of the analysis) share one machine kind: a pair split across kinds adds the machines'
+    difference to its difference."""
+    kind = g.cells["params"].map(lambda p: f"{p.get('device', '?')} ({p.get('cpu', '?')})")
+    counts = kind.value_counts()
+    if len(counts) == 1:
+        return f"device {counts.index[0]}"
+    split = int((kind.groupby(g.cells["seed"]).nunique() > 1).sum())
+    return ("devices " + ", ".join(f"{k}: {n} runs" for k, n in counts.items())
+            + (f"; seeds with cells on more than one kind: {split}" if split else "; each seed's cells on one kind"))
 
 
 def copied_note(g: GridRuns) -> str:

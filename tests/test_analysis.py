@@ -279,3 +279,20 @@ def test_simple_effects_of_an_interaction_recover_the_conditional_truth():
     for t in strong:
         assert f"| `{t}` | `{t.split(':')[0]}` | `{t.split(':')[1]}` | paper |" in md
     assert md.count("| paper |") == 2 * len(strong)
+
+
+def test_header_names_each_machine_kind_and_whether_a_seed_spans_two():
+    """Cells trained on different CPU kinds are counted per kind in the report's header, with
+    whether any seed's pairs are split across kinds."""
+    tracker = one_at_a_time(seeds=4, late_seeds=())
+    for run in tracker.runs:
+        run.params.update(device="cpu", cpu="AVX2" if int(run.params["seed"]) < 2 else "AVX512_BF16")
+    line = report.header(load(tracker, "dev"), tracker, "report.py").splitlines()[2]
+    assert "devices cpu (AVX2): 8 runs, cpu (AVX512_BF16): 8 runs; each seed's cells on one kind" in line
+    tracker.runs[0].params["cpu"] = "AVX512_BF16"          # seed 0's baseline on the other kind
+    line = report.header(load(tracker, "dev"), tracker, "report.py").splitlines()[2]
+    assert "cpu (AVX512_BF16): 9 runs" in line and "seeds with cells on more than one kind: 1" in line
+    for run in tracker.runs:
+        run.params["cpu"] = "AVX2"
+    line = report.header(load(tracker, "dev"), tracker, "report.py").splitlines()[2]
+    assert "device cpu (AVX2)," in line and "devices" not in line
