@@ -218,7 +218,7 @@ def train(cfg: RunConfig, data: Data, run, on_epoch=None, device: str | None = N
     if saved:   # before DistributedDataParallel copies rank 0's weights to the others
         model.load_state_dict(saved["model"])
     net = distributed.wrap(model, dev)
-    net = torch.compile(net) if p.compile else net   # shares model's parameters
+    net = runtime.compiled(net) if p.compile else net   # shares model's parameters
     start_wall = time.perf_counter()
     metrics: dict[str, float] = {}
     diverged, epoch, val_top1, wall_before = False, 0, [], 0.0

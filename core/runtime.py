@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import ctypes.util
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -159,6 +160,14 @@ def tune_malloc() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return all(mallopt(param, value) == 1 for param, value in
                ((M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX), (M_TRIM_THRESHOLD, NEVER_TRIM), (M_TOP_PAD, TOP_PAD)))
+
+
+def compiled(module: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile(module), without the warning a CUDA build of torch logs on a machine without
+    CUDA when inductor first builds a CPU kernel ("No CUDA runtime is found, using CUDA_HOME=..."):
+    the CPU kernels need no CUDA, so it is noise."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    return torch.compile(module)
 
 
 def configure() -> None:

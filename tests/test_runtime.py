@@ -79,3 +79,16 @@ def test_processes_share_the_cpus(tmp_path, monkeypatch):
     finally:
         other.kill()
         torch.set_num_threads(before)
+
+
+def test_compiled_prints_no_cuda_home_warning_on_a_cpu():
+    """torch.compile on a machine without CUDA builds its CPU kernels silently: a CUDA build of torch
+    would log "No CUDA runtime is found, using CUDA_HOME=..." there otherwise."""
+    code = ("import torch\nfrom core import runtime\n"
+            "net = runtime.compiled(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()))\n"
+            "print(net(torch.randn(2, 3, 8, 8)).shape[1])")
+    # caches off: a kernel built before would be loaded without the build that logs the warning
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0 and res.stdout.strip() == "4", res.stderr[-2000:]
+    assert "CUDA_HOME" not in res.stderr, res.stderr[-2000:]

@@ -235,7 +235,7 @@ def new_model(cfg: RunConfig, device: torch.device, torch_lrn: bool = False, com
     model = model.to(device)
     p = cfg.profile
     optimizer = build_optimizer(model, p.lr, p.momentum, p.weight_decay, cfg.toggles)
-    return (torch.compile(model) if compiled else model), optimizer
+    return (runtime.compiled(model) if compiled else model), optimizer
 
 
 # ------------------------------------------------------------------------------- (a) harness loop
