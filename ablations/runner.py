@@ -1,7 +1,8 @@
 """Run a grid: validate everything, prepare the data once, then train every (variant, seed) cell
 under one MLflow parent run. Cells whose config_hash already has a FINISHED run in the experiment
 are skipped; an interrupted cell continues from its newest checkpoint into its own run (resume
-after any interruption by running the same command again).
+after any interruption by running the same command again), and one whose checkpoints are gone (the
+store moved to another machine without them) is ended KILLED and trained again in a new run.
 """
 from __future__ import annotations
 
@@ -145,6 +146,10 @@ def end_superseded_cells(tracker, records: list, root: Path) -> list[str]:
     return dead
 
 
+NO_CHECKPOINT = ("a later runner: no checkpoint of it was left to continue from (another machine, or the "
+                 "checkpoint folder removed); the cell was trained again in a new run")
+
+
 def resumable(tracker, records: list, config_hash: str, commit: str):
     """The run to continue for a cell (`records`: the grid's runs): its newest KILLED or ownerless
     RUNNING run made by this commit (None: start a new run). Other ownerless RUNNING runs of the
@@ -246,6 +251,9 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
                             out.copied.append(cell.name)
                             bar.update(cfg.epochs)
                         else:
+                            if prior is not None and ckpt.latest() is None:   # its checkpoints are gone
+                                tracker.end(prior.run_id, "KILLED", {"ended_by": NO_CHECKPOINT})
+                                prior = None   # retrained from epoch 1: a new run, not the old one's early epochs
                             if prior is None:
                                 ckpt.clear()   # never continue a checkpoint that no run of this commit owns
                             result = train_cell(grid, cell, cells[0].variant.name, profile, commit, tracker, data,

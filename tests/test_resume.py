@@ -5,6 +5,7 @@ cells instead of training them twice."""
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,6 +95,33 @@ def test_a_killed_cell_continues_in_its_own_run_from_its_checkpoint(tmp_path, ti
     found = check_complete(tmp_path)
     resumed = next(r for r in found if r.info.run_id == zombie[0].info.run_id)
     assert resumed.info.status == "FINISHED"                                  # the same run, taken over
+
+
+def test_a_killed_cell_without_its_checkpoints_is_trained_again_in_a_new_run(tmp_path, tiny_imagefolder):
+    """The store came without its checkpoint folder (another machine): the interrupted run is not
+    continued from epoch 1 under its old early epochs, but ended KILLED, and the cell gets a new run."""
+    cmd = command(tmp_path, tiny_imagefolder)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckdir = tmp_path / "store" / "checkpoints"
+    deadline = time.time() + 300
+    while not list(ckdir.glob("*/epoch-1.pt")) and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    _, found = runs(tmp_path)
+    zombie = [r for r in found if r.data.tags.get("role") == "cell" and r.info.status == "RUNNING"]
+    assert len(zombie) == 1
+    for folder in ckdir.glob("*/"):
+        if folder.name != "parents":
+            shutil.rmtree(folder)
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "(0 resumed from a checkpoint)" in res.stderr
+    found = check_complete(tmp_path)
+    old = next(r for r in found if r.info.run_id == zombie[0].info.run_id)
+    assert old.info.status == "KILLED" and "no checkpoint" in old.data.tags["ended_by"]
+    new = [r for r in found if r.data.tags.get("config_hash") == old.data.tags["config_hash"] and r.info.status == "FINISHED"]
+    assert len(new) == 1 and new[0].info.run_id != old.info.run_id
 
 
 def test_two_runners_started_at_once_on_a_new_store_share_the_cells(tmp_path, tiny_imagefolder):
