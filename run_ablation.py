@@ -13,6 +13,7 @@ Exit code 2 on bad input (unknown grid/profile/toggle, bad YAML, missing or brok
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import signal
@@ -21,7 +22,7 @@ import sys
 import time
 
 from ablations.grids import expand
-from core.config import REPO, ConfigError, load_experiments
+from core.config import PRECISIONS, REPO, ConfigError, load_experiments
 from core.toggles import REGISTRY
 from core.tracking import DEFAULT_EXPERIMENT
 # torch and the engine are imported once the command line and experiments.yaml are checked
@@ -54,6 +55,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"MLflow experiment (default {DEFAULT_EXPERIMENT})")
     ap.add_argument("--config", default=str(REPO / "experiments.yaml"), help="experiments file")
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    ap.add_argument("--precision", choices=PRECISIONS,
+                    help="override the profile's precision: fp32 or bf16 forces it, auto resolves it per device "
+                         "(default: the profile's). A grid continued on another machine keeps its cells only "
+                         "at the precision it started with")
     ap.add_argument("--rerun", action="store_true", help="train cells even if a FINISHED run has their config_hash")
     ap.add_argument("--no-reuse", action="store_true",
                     help="train a cell even when another grid of the experiment has FINISHED it with the same "
@@ -165,6 +170,9 @@ def run(args, experiments) -> int:
     try:
         if not args.grid:
             raise ConfigError(f"--grid is required; choices: {', '.join(experiments.grids)}")
+        if args.precision:   # the same cells as a profile that says so: config_hash holds the resolved precision
+            prof = dataclasses.replace(experiments.profile(args.profile), precision=args.precision)
+            experiments = dataclasses.replace(experiments, profiles={**experiments.profiles, args.profile: prof})
         experiments.profile(args.profile)
         expand(experiments, args.grid)              # the grid and its toggles, before torch is imported
         if args.workers < 1:

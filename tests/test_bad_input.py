@@ -211,3 +211,26 @@ def test_config_errors_are_answered_before_torch_is_imported():
     res = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.stdout.split() == ["2", "False"], res.stdout + res.stderr
     assert "\nerror: unknown grid 'nope'" in "\n" + res.stderr
+
+
+def test_precision_flag_trains_the_cells_of_a_profile_that_says_so(tmp_path, tiny_imagefolder):
+    """`--precision fp32` trains the cells a profile with `precision: fp32` trains (the same
+    config_hash, so either finds the other's FINISHED runs), and says so in the first line;
+    `--precision bf16` makes other cells; a precision that does not exist is refused."""
+    text = (REPO / "experiments.yaml").read_text()
+    assert text.count("\n  smoke:\n") == 1
+    fp32 = tmp_path / "fp32.yaml"
+    fp32.write_text(text.replace("\n  smoke:\n", "\n  smoke:\n    precision: fp32\n"))
+    common = ["--grid", "seed", "--data-root", str(tiny_imagefolder), "--no-system-metrics"]
+    res, uri = run_cli(tmp_path, *common, "--precision", "fp32")
+    assert res.returncode == 0 and "precision fp32," in res.stderr and "done: 2 trained" in res.stderr, res.stderr[-2000:]
+    res, _ = run_cli(tmp_path, *common, "--config", str(fp32))
+    assert res.returncode == 0 and "done: 0 trained" in res.stderr and "2 already finished" in res.stderr, res.stderr[-2000:]
+    res, _ = run_cli(tmp_path, *common, "--config", str(fp32), "--precision", "bf16")
+    assert res.returncode == 0 and "precision bf16," in res.stderr and "done: 2 trained" in res.stderr, res.stderr[-2000:]
+    mlflow.set_tracking_uri(uri)
+    cells = mlflow.search_runs(search_all_experiments=True, filter_string="tags.role = 'cell'")
+    assert sorted(cells["params.precision"]) == ["bf16", "bf16", "fp32", "fp32"]
+    bad = subprocess.run([sys.executable, "run_ablation.py", *common, "--precision", "fp16"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "invalid choice: 'fp16'" in bad.stderr and "'fp32'" in bad.stderr
