@@ -77,18 +77,25 @@ def test_sigkill_at_random_moments_then_the_same_command_completes_the_grid(tmp_
     assert ended.info.status == "KILLED" and "FINISHED run" in ended.data.tags["ended_by"]
 
 
-def test_a_killed_cell_continues_in_its_own_run_from_its_checkpoint(tmp_path, tiny_imagefolder):
-    cmd = command(tmp_path, tiny_imagefolder)
+def kill_after_first_checkpoint(tmp_path, cmd):
+    """Start the grid, SIGKILL it right after the first checkpoint of its first cell; returns the
+    one cell run it left RUNNING."""
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckdir = tmp_path / "store" / "checkpoints"
     deadline = time.time() + 300
     while not list(ckdir.glob("*/epoch-1.pt")) and time.time() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)           # right after the first checkpoint of the first cell
+    proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     _, found = runs(tmp_path)
     zombie = [r for r in found if r.data.tags.get("role") == "cell" and r.info.status == "RUNNING"]
     assert len(zombie) == 1
+    return zombie
+
+
+def test_a_killed_cell_continues_in_its_own_run_from_its_checkpoint(tmp_path, tiny_imagefolder):
+    cmd = command(tmp_path, tiny_imagefolder)
+    zombie = kill_after_first_checkpoint(tmp_path, cmd)
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "(1 resumed from a checkpoint)" in res.stderr
@@ -101,16 +108,8 @@ def test_a_killed_cell_without_its_checkpoints_is_trained_again_in_a_new_run(tmp
     """The store came without its checkpoint folder (another machine): the interrupted run is not
     continued from epoch 1 under its old early epochs, but ended KILLED, and the cell gets a new run."""
     cmd = command(tmp_path, tiny_imagefolder)
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    zombie = kill_after_first_checkpoint(tmp_path, cmd)
     ckdir = tmp_path / "store" / "checkpoints"
-    deadline = time.time() + 300
-    while not list(ckdir.glob("*/epoch-1.pt")) and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    _, found = runs(tmp_path)
-    zombie = [r for r in found if r.data.tags.get("role") == "cell" and r.info.status == "RUNNING"]
-    assert len(zombie) == 1
     for folder in ckdir.glob("*/"):
         if folder.name != "parents":
             shutil.rmtree(folder)
