@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -63,6 +64,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-reuse", action="store_true",
                     help="train a cell even when another grid of the experiment has FINISHED it with the same "
                          "config_hash at the same commit (by default that run is copied into this grid)")
+    ap.add_argument("--reuse-commit", metavar="COMMIT",
+                    help="also copy cells that COMMIT FINISHED (any grid of the experiment), for each variant once "
+                         "this commit has retrained one of its cells to exactly COMMIT's numbers (README: Grids "
+                         "that share cells)")
     ap.add_argument("--checkpoint-dir", help="per-cell checkpoints and the locks that mark cells in training "
                     "(default: checkpoints/ beside a SQLite store, else ./checkpoints); share it between machines")
     ap.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
@@ -175,6 +180,11 @@ def run(args, experiments) -> int:
             experiments = dataclasses.replace(experiments, profiles={**experiments.profiles, args.profile: prof})
         experiments.profile(args.profile)
         expand(experiments, args.grid)              # the grid and its toggles, before torch is imported
+        if args.reuse_commit and not re.fullmatch(r"[0-9a-f]{4,40}", args.reuse_commit):
+            raise ConfigError(f"--reuse-commit {args.reuse_commit!r} is not a commit hash; give the short hash the "
+                              "runs carry (tag git_commit), e.g. 63da6f7")
+        if args.reuse_commit and args.no_reuse:
+            raise ConfigError("--reuse-commit copies cells and --no-reuse forbids it: pass one of them")
         if args.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {args.workers}")
         if args.storage:
@@ -212,6 +222,10 @@ def run(args, experiments) -> int:
                 distributed.barrier()
             tracker = MlflowTracker(args.experiment, args.tracking_uri,
                                     system_metrics=not args.no_system_metrics) if lead else None
+            if lead and args.reuse_commit and not tracker.has_finished(args.reuse_commit):
+                raise ConfigError(f"--reuse-commit {args.reuse_commit}: experiment {args.experiment!r} at {tracker.uri} "
+                                  "holds no FINISHED cell run of that commit; give the short hash its runs carry "
+                                  "(tag git_commit, shown in the reports' header)")
         except DataError as err:
             raise ConfigError(str(err)) from None
     except ConfigError as err:
@@ -235,16 +249,21 @@ def run(args, experiments) -> int:
                    device=args.device, command=getattr(args, "command", None) or shlex.join(["python", *sys.argv]),
                    first_seed=args.first_seed, checkpoint_dir=args.checkpoint_dir,
                    checkpoint_every=args.checkpoint_every, storage=args.storage, experiment=args.experiment,
-                   progress=os.environ.get("ALEXNET_WORKER") is None, reuse=not args.no_reuse)
+                   progress=os.environ.get("ALEXNET_WORKER") is None, reuse=not args.no_reuse,
+                   reuse_commit=args.reuse_commit)
     distributed.broadcast(None)   # under torchrun: the other ranks stop
     distributed.close()
     ui = "" if tracker.uri.startswith("http") else f"  (after: mlflow ui --backend-store-uri {tracker.uri})"
     finished = [r.run_id for r in tracker.records(args.grid) if r.status == "FINISHED" and r.tags.get("role") == "cell"]
     print(f"done: {len(out.ran)} trained ({len(out.resumed)} resumed from a checkpoint), "
           f"{len(out.skipped)} already finished (skipped)"
-          + (f", {len(out.copied)} copied from another grid's FINISHED run of the same config and commit "
-             f"(--no-reuse trains them)" if out.copied else "")
-          + (f", {len(out.busy)} being trained by another process (left to it)" if out.busy else "") + "\n"
+          + (f", {len(out.copied)} copied from another grid's FINISHED run of the same config and commit"
+             + (f" (or of {args.reuse_commit}, verified)" if args.reuse_commit else "")
+             + " (--no-reuse trains them)" if out.copied else "")
+          + (f", {len(out.busy)} being trained by another process (left to it)" if out.busy else "")
+          + (f"; retrained to compare with {args.reuse_commit}: {len(out.matched)} the same "
+             f"({', '.join(out.matched) or 'none'}), {len(out.unmatched)} not ({', '.join(out.unmatched) or 'none'})"
+             if out.matched or out.unmatched else "") + "\n"
           f"runs:   {tracker.run_url()}{ui}\n"
           + (f"parent: {tracker.run_url(out.parent_id)}\n" if out.parent_id else "")
           + (f"curves: {tracker.curves_url(finished)}\n" if finished else "")

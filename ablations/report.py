@@ -107,7 +107,8 @@ def header(g: GridRuns, tracker, command: str) -> str:
              f"width {c.get('width')}, batch {c.get('batch_size')}, lr {c.get('lr')}, {machines(g)}, "
              f"precision {c.get('precision', '?')}",
              f"- **Seeds**: {len(seeds)} ({', '.join(map(str, seeds))}); every number below says its n",
-             f"- **Code and precision**: {commits}" + (" — **pooled** across them (`--pool`)" if g.pooled else ""),
+             f"- **Code and precision**: {commits}" + (" — **pooled** across them (`--pool`)" if g.pooled else "")
+             + same_code_note(g),
              f"- **Cells**: {len(g.cells)} finished cells used, first started {started:%Y-%m-%d %H:%M} UTC"
              + (f"; the grid's launch planned {expected} cells" if expected else "") + copied_note(g),
              f"- **MLflow**: `{tracker.uri}`, experiment `{tracker.experiment}` "
@@ -155,6 +156,14 @@ def machines(g: GridRuns) -> str:
             + (f"; seeds with cells on more than one kind: {split}" if split else "; each seed's cells on one kind"))
 
 
+def same_code_note(g: GridRuns) -> str:
+    """Commits paired because one reproduced the other's numbers (run_ablation.py --reuse-commit)."""
+    return "".join(f"; `{c}` and `{x}` paired: {', '.join(f'`{n}`' for n in names)} retrained at `{x}` gave `{c}`'s "
+                   f"numbers at every epoch (tag `matches_run`), and `{c}`'s other runs of "
+                   f"{'that variant' if len(names) == 1 else 'those variants'} were copied"
+                   for c, (x, names) in sorted(g.same_code.items()))
+
+
 def copied_note(g: GridRuns) -> str:
     """The cells copied from another grid's run (run_ablation.py reuses a FINISHED run of the same
     config and commit instead of training it again)."""
@@ -162,8 +171,9 @@ def copied_note(g: GridRuns) -> str:
     if copied.empty:
         return ""
     grids = ", ".join(f"`{x}`" for x in sorted(copied["reused_from_grid"].dropna().unique()))
-    return (f"; {len(copied)} of them copied from grid {grids} (the same config and commit, not trained again; "
-            "tag `reused_from`): results shared with that grid are not independent of it")
+    return (f"; {len(copied)} of them copied from grid {grids} (the same config and commit, or a commit shown to "
+            "train it identically; not trained again; tag `reused_from`): results shared with that grid are not "
+            "independent of it")
 
 
 def outcomes_section(g: GridRuns) -> str:

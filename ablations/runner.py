@@ -24,6 +24,7 @@ from core.data import load_split, resolve_root, train_stats
 from core.engine import Data, Result, resolve_device, train
 from core.toggles import REGISTRY, as_dict, differences
 from core.tracking import NullRun
+from . import samecode
 from .grids import Variant, expand
 
 
@@ -46,6 +47,8 @@ class GridOutcome:
     resumed: list[str] = field(default_factory=list)   # of `ran`: continued from a checkpoint
     busy: list[str] = field(default_factory=list)      # being trained by another live process
     copied: list[str] = field(default_factory=list)    # not trained: another grid's FINISHED run copied
+    matched: list[str] = field(default_factory=list)   # of `ran`: reproduced --reuse-commit's run exactly
+    unmatched: list[str] = field(default_factory=list) # of `ran`: compared with it, and not the same
 
 
 def plan(experiments: Experiments, grid: str, profile: str, seeds: int, device: str | None = None,
@@ -187,7 +190,7 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
              rerun: bool = False, progress: bool = True, device: str | None = None,
              command: str = "", first_seed: int = 0, checkpoint_dir: Path | str | None = None,
              checkpoint_every: int = 1, storage: str | None = None, experiment: str = "",
-             reuse: bool = True) -> GridOutcome:
+             reuse: bool = True, reuse_commit: str | None = None) -> GridOutcome:
     """Train the grid's cells that have no FINISHED run. Each cell is claimed with a lock in
     `checkpoint_dir` (a cell a live process is training is left to it), checkpointed every
     `checkpoint_every` epochs (0: never), and an interrupted cell (KILLED, or RUNNING with no
@@ -195,7 +198,8 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
     storage: an Optuna RDB URL; the cells are pulled from the shared queue there (any number of
     runners, on any machines) instead of trained in order. reuse: a cell that another grid of the
     experiment has FINISHED with the same config_hash at the same (clean) commit is copied into
-    this grid (copy_cell), not trained again."""
+    this grid (copy_cell), not trained again. reuse_commit: also copy cells FINISHED by that commit,
+    for each variant once this commit has retrained one of them to the same numbers (samecode)."""
     cells = plan(experiments, grid, profile, seeds, device, data, first_seed)
     done = set() if rerun else tracker.finished_hashes(grid)
     todo = [c for c in cells if c.config.hash() not in done]
@@ -244,9 +248,17 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
                     else:
                         prior = None if rerun else resumable(tracker, records, cfg.hash(), commit)
                         same = None if rerun or not reuse else reusable(tracker, cfg.hash(), commit)
+                        older, proof = None, None
+                        if same is None and reuse and reuse_commit and not rerun:
+                            older = tracker.find_finished(cfg.hash(), reuse_commit)
+                            proof = samecode.verified_by(records, cell.variant.name, commit, reuse_commit)
+                            if older is not None and proof:
+                                same, older = older, None
+                            elif older is not None and not samecode.comparable(older, str(resolve_device(device))):
+                                older = None   # made on another kind of machine: training here cannot reproduce it
                         if copied := same is not None:
                             result = copy_cell(grid, cell, cells[0].variant.name, profile, commit, tracker,
-                                               data, same)
+                                               data, same, proof)
                             ckpt.clear()
                             out.copied.append(cell.name)
                             bar.update(cfg.epochs)
@@ -256,9 +268,11 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
                                 prior = None   # retrained from epoch 1: a new run, not the old one's early epochs
                             if prior is None:
                                 ckpt.clear()   # never continue a checkpoint that no run of this commit owns
-                            result = train_cell(grid, cell, cells[0].variant.name, profile, commit, tracker, data,
-                                                device, ckpt, prior.run_id if prior else None, bar)
+                            result, verdict = train_cell(grid, cell, cells[0].variant.name, profile, commit, tracker,
+                                                         data, device, ckpt, prior.run_id if prior else None, bar, older)
                             ckpt.finish()
+                            if verdict:
+                                (out.matched if "matches_run" in verdict else out.unmatched).append(cell.name)
             except Busy:
                 out.busy.append(cell.name)
                 bar.update(cfg.epochs)
@@ -304,13 +318,19 @@ def reusable(tracker, config_hash: str, commit: str):
     return tracker.find_finished(config_hash, commit)
 
 
-def copy_cell(grid: str, cell: Cell, base: str, profile: str, commit: str, tracker, data: Data, source):
+def copy_cell(grid: str, cell: Cell, base: str, profile: str, commit: str, tracker, data: Data, source,
+              verified_by: str | None = None):
     """`source` (a RunRecord from reusable) copied into a new run of this grid's cell: its params,
     every metric's history (not MLflow's system metrics), its outcome and artifacts (weights,
-    config.yaml), tagged `reused_from` (the run first trained) and `reused_from_grid`."""
-    tags = {**cell_tags(grid, cell, base, profile, commit), "outcome": source.tags.get("outcome", ""),
+    config.yaml), tagged `reused_from` (the run first trained) and `reused_from_grid`. A run of
+    another commit (verified_by: this commit's run that reproduced that commit's numbers) keeps
+    the commit that trained it in `git_commit`; `copied_at_commit` names this one."""
+    made_by = source.tags.get("git_commit", commit)
+    tags = {**cell_tags(grid, cell, base, profile, made_by), "outcome": source.tags.get("outcome", ""),
             "reused_from": source.tags.get("reused_from", source.run_id),
             "reused_from_grid": source.tags.get("reused_from_grid", source.tags.get("grid", ""))}
+    if made_by != commit:
+        tags.update(copied_at_commit=commit, verified_by=verified_by or "")
     by_step: dict[int, dict[str, float]] = {}
     for key in source.metrics:
         if not key.startswith("system/"):
@@ -327,8 +347,10 @@ def copy_cell(grid: str, cell: Cell, base: str, profile: str, commit: str, track
 
 
 def train_cell(grid: str, cell: Cell, base: str, profile: str, commit: str, tracker, data: Data, device,
-               ckpt: Checkpoints, resume: str | None, bar):
-    """One cell into its own MLflow run: a new one, or `resume`, the run it continues."""
+               ckpt: Checkpoints, resume: str | None, bar, older=None):
+    """One cell into its own MLflow run: a new one, or `resume`, the run it continues. older:
+    another commit's FINISHED run of the cell, compared with this one once trained (samecode).
+    Returns the result and the comparison's tags ({} without `older`)."""
     cfg = cell.config
     tags = cell_tags(grid, cell, base, profile, commit)
     dataset = dataset_input(cell, data)
@@ -341,7 +363,10 @@ def train_cell(grid: str, cell: Cell, base: str, profile: str, commit: str, trac
         distributed.broadcast(cfg.hash())   # under torchrun: the other ranks train it with this one
         result = train(cfg, data, run, on_epoch=lambda e, m: bar.update(1), device=device, checkpoints=ckpt)
         bar.update(cfg.epochs - result.epochs_run + result.resumed_from)
-    return result
+        verdict = samecode.verdict_tags(tracker, run.run_id, older) if older is not None else {}
+        if verdict:
+            run.set_tags(verdict)
+    return result, verdict
 
 
 def follow(cells: list[Cell], data: Data, device=None) -> int:

@@ -12,6 +12,7 @@ import pandas as pd
 from core import outcomes
 from core.config import PAPER_EPOCHS
 from core.toggles import REGISTRY
+from .samecode import equivalents
 
 METRICS = ("val10_top1_err", "val10_top5_err", "val_top1_err", "val_top5_err", "wall_time_s")
 
@@ -35,6 +36,7 @@ class GridRuns:
     superseded: int = 0                             # older config of a (variant, seed), left out
     groups: dict = field(default_factory=dict)      # (commit, precision) -> cells, before filtering
     pooled: bool = False
+    same_code: dict = field(default_factory=dict)   # commit -> (the commit shown to train it identically, [run names])
     histories: dict = field(default_factory=dict)   # run_id -> {key: [(step, value)]}
 
     @property
@@ -88,14 +90,17 @@ def load(tracker, grid: str, profile: str | None = None, commit: str | None = No
     cells = [r for r in cells if r.tags.get("profile") == profile]
     if not cells:
         raise ReportError(f"no runs of grid {grid!r} on profile {profile!r}")
+    same_as = equivalents(cells)   # another commit's runs, copied once this grid's commit reproduced them
+    code = lambda r: same_as.get(r.tags.get("git_commit", "?"), r.tags.get("git_commit", "?"))
     group = lambda r: (r.tags.get("git_commit", "?"), r.params.get("precision", "?"))
     groups = dict(Counter(group(r) for r in cells if r.status == "FINISHED"))
+    paired = {(same_as.get(c, c), p) for c, p in groups}
     if commit:
-        cells = [r for r in cells if r.tags.get("git_commit") == commit]
+        cells = [r for r in cells if commit in (r.tags.get("git_commit"), code(r))]
         if not cells:
             raise ReportError(f"no runs of grid {grid!r} at commit {commit}; commits in the store: "
                               + ", ".join(f"{c} ({p}, {n} runs)" for (c, p), n in groups.items()))
-    elif len(groups) > 1 and not pool:
+    elif len(paired) > 1 and not pool:
         raise ReportError(f"grid {grid!r} on {profile!r} holds runs of {len(groups)} commits or precisions, "
                           f"which are not paired by default: "
                           + ", ".join(f"{c} ({p}, {n} runs)" for (c, p), n in sorted(groups.items()))
@@ -119,7 +124,9 @@ def load(tracker, grid: str, profile: str | None = None, commit: str | None = No
                    orphaned=[r for r in cells if r.status == "RUNNING" and r.tags.get("config_hash") in by_hash],
                    stopped=[r for r in cells if r.status in ("FAILED", "KILLED")],
                    duplicates=duplicates, superseded=superseded, groups=groups,
-                   pooled=pool and len(groups) > 1)
+                   pooled=pool and len(paired) > 1,
+                   same_code={c: (x, sorted(r.name for r in cells if r.status == "FINISHED"
+                                            and r.tags.get("matches_commit") == c)) for c, x in same_as.items()})
     rows = []
     for (variant, seed), r in latest.items():
         hist = {k: tracker.history(r.run_id, k) for k in ("val_top1_err", "lr")}

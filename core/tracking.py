@@ -57,6 +57,7 @@ class Tracker(Protocol):
               ) -> contextlib.AbstractContextManager[RunLog]: ...
     def finished_hashes(self, grid: str) -> set[str]: ...
     def find_finished(self, config_hash: str, commit: str) -> RunRecord | None: ...
+    def has_finished(self, commit: str) -> bool: ...
     def copy_artifacts(self, source_id: str, run_id: str) -> bool: ...
     def end(self, run_id: str, status: str = "KILLED", tags: dict[str, Any] | None = None) -> None: ...
     # the read side (report.py): every run of a grid, a metric's history, links
@@ -386,6 +387,11 @@ class MlflowTracker:
                                         max_results=1, order_by=["attributes.start_time DESC"])
         return _record(found[0]) if found else None
 
+    def has_finished(self, commit: str) -> bool:
+        """Whether the experiment holds a FINISHED cell run made by `commit`."""
+        return bool(self.client.search_runs([self.experiment_id], f"tags.git_commit = '{commit}' and tags.role = 'cell' "
+                                            "and attributes.status = 'FINISHED'", max_results=1))
+
     def copy_artifacts(self, source_id: str, run_id: str) -> bool:
         """Every artifact of run `source_id` into run `run_id`; False when the source has none that
         can be read (a store copied without its artifact folder)."""
@@ -527,6 +533,10 @@ class MemoryTracker:
         return next((rec for rec in reversed(self.records_where(lambda r: True))
                      if rec.status == "FINISHED" and rec.tags.get("role") == "cell"
                      and rec.tags.get("config_hash") == config_hash and rec.tags.get("git_commit") == commit), None)
+
+    def has_finished(self, commit):
+        return any(r.status == "FINISHED" and r.tags.get("role") == "cell" and r.tags.get("git_commit") == commit
+                   for r in self.runs)
 
     def copy_artifacts(self, source_id, run_id):
         source = next(r for r in self.runs if r.run_id == source_id)
