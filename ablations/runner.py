@@ -207,6 +207,9 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
     root = Path(checkpoint_dir) if checkpoint_dir else default_checkpoint_dir(tracker.uri)
     locks = root / "parents"
     commit = git_commit()
+    if reuse_commit and reuse and not rerun:   # one cell a variant checks first whether reusing is safe
+        todo = samecode.probes_first(todo, tracker, tracker.records(grid), commit, reuse_commit,
+                                     str(resolve_device(device)))
     if storage:
         from .queue import CellQueue, study_name
         source = CellQueue(storage, study_name(experiment or tracker.experiment, grid, profile,

@@ -3,7 +3,7 @@
 A grid run with `--reuse-commit C` may copy cells that commit C FINISHED (in any grid of the
 experiment) instead of training them again, but only for a variant whose arithmetic this commit
 has reproduced: the first cell of the variant that C trained on this kind of machine is trained
-again here, and its every logged epoch (train loss, centre and 10-crop errors) compared, bit for
+first, again, here, and its every logged epoch (train loss, centre and 10-crop errors) compared, bit for
 bit, with C's run. Equal: the run is tagged `matches_commit` / `matches_run`, and the variant's
 other cells are copied from C's runs (tags `git_commit` C, `copied_at_commit`, `verified_by`).
 Not equal (other code, or another thread count): tagged `differs_from_run` with the metrics that
@@ -24,6 +24,22 @@ def verified_by(records: list, variant: str, commit: str, other: str) -> str | N
     return next((r.run_id for r in records if r.status == "FINISHED" and r.tags.get("role") == "cell"
                  and r.tags.get("variant") == variant and r.tags.get("git_commit") == commit
                  and r.tags.get("matches_commit") == other), None)
+
+
+def probes_first(todo: list, tracker, records: list, commit: str, other: str, device: str) -> list:
+    """`todo` with, for each variant not yet verified, the first cell whose `other` run was made on
+    this kind of machine moved to the front: a machine of another kind than the one that trained
+    the first seeds checks (and then copies) as early as one that trained them."""
+    probes, seen = [], set()
+    for cell in todo:
+        variant = cell.variant.name
+        if variant in seen or verified_by(records, variant, commit, other):
+            continue
+        older = tracker.find_finished(cell.config.hash(), other)
+        if older is not None and comparable(older, device):
+            probes.append(cell)
+            seen.add(variant)
+    return probes + [c for c in todo if c not in probes]
 
 
 def comparable(older, device: str) -> bool:

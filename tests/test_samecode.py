@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 import core.engine
+from core import runtime
 from ablations import runner
 from ablations.report import header
 from ablations.runs import ReportError, load
@@ -32,8 +33,8 @@ def setup(tmp_path, tiny_imagefolder, monkeypatch):
     return ex, data, tracker
 
 
-def grid(ex, data, tracker, name, tmp_path, **kw):
-    return runner.run_grid(ex, name, "smoke", 2, tracker, data, progress=False, device="cpu",
+def grid(ex, data, tracker, name, tmp_path, seeds=2, **kw):
+    return runner.run_grid(ex, name, "smoke", seeds, tracker, data, progress=False, device="cpu",
                            checkpoint_dir=tmp_path / "checkpoints", **kw)
 
 
@@ -65,6 +66,28 @@ def test_a_variant_retrained_to_the_same_numbers_is_copied_from_the_other_commit
 
     again = grid(ex, data, tracker, "claims", tmp_path, reuse_commit=OLD)
     assert not again.ran and not again.copied and len(again.skipped) == 8
+
+
+def test_a_cell_the_other_commit_made_on_this_kind_of_machine_is_checked_first(tmp_path, tiny_imagefolder, monkeypatch):
+    """Seed 0 was trained on another kind of machine (so retraining it here proves nothing): the
+    runner checks on seed 1 first, then copies seed 0 too."""
+    commit = [OLD]
+    monkeypatch.setattr(runner, "git_commit", lambda: commit[0])
+    monkeypatch.setenv("ALEXNET_THREADS", "1")
+    ex = load_experiments(REPO / "experiments.yaml")
+    data = runner.load_data(ex.profile("smoke"), str(tiny_imagefolder), str(tmp_path / "cache"), workers=1)
+    tracker = MlflowTracker("shared", f"sqlite:///{tmp_path}/mlflow.db", system_metrics=False)
+    kind = runtime.cpu_kind()
+    with monkeypatch.context() as m:
+        m.setattr(runtime, "cpu_kind", lambda: "ANOTHER_KIND")
+        grid(ex, data, tracker, "seed", tmp_path, seeds=1)
+    grid(ex, data, tracker, "seed", tmp_path, seeds=1, first_seed=1)
+    assert {r.name: r.params["cpu"] for r in by_name(tracker, "seed").values()} == {
+        "baseline/seed0": "ANOTHER_KIND", "seed/seed0": "ANOTHER_KIND", "baseline/seed1": kind, "seed/seed1": kind}
+    commit[0] = NEW
+    out = grid(ex, data, tracker, "claims", tmp_path, reuse_commit=OLD)
+    assert out.ran[0] == "baseline/seed1" and out.matched == ["baseline/seed1"]
+    assert out.copied == ["baseline/seed0"] and len(out.ran) == 7
 
 
 def test_a_commit_that_trains_differently_copies_nothing(setup, tmp_path, monkeypatch):
