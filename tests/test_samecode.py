@@ -21,13 +21,20 @@ OLD, NEW = "aaa1111", "bbb2222"
 
 
 @pytest.fixture
-def setup(tmp_path, tiny_imagefolder, monkeypatch):
+def store(tmp_path, tiny_imagefolder, monkeypatch):
+    """The experiments, the tiny data, an MLflow store, and the commit runs are made by (a list to set)."""
     commit = [OLD]
     monkeypatch.setattr(runner, "git_commit", lambda: commit[0])
     monkeypatch.setenv("ALEXNET_THREADS", "1")
     ex = load_experiments(REPO / "experiments.yaml")
     data = runner.load_data(ex.profile("smoke"), str(tiny_imagefolder), str(tmp_path / "cache"), workers=1)
-    tracker = MlflowTracker("shared", f"sqlite:///{tmp_path}/mlflow.db", system_metrics=False)
+    return ex, data, MlflowTracker("shared", f"sqlite:///{tmp_path}/mlflow.db", system_metrics=False), commit
+
+
+@pytest.fixture
+def setup(store, tmp_path):
+    """Seeds 0 and 1 of the `seed` grid made by the old commit; the new one makes what follows."""
+    ex, data, tracker, commit = store
     assert grid(ex, data, tracker, "seed", tmp_path).ran == ["baseline/seed0", "seed/seed0", "baseline/seed1", "seed/seed1"]
     commit[0] = NEW
     return ex, data, tracker
@@ -68,15 +75,10 @@ def test_a_variant_retrained_to_the_same_numbers_is_copied_from_the_other_commit
     assert not again.ran and not again.copied and len(again.skipped) == 8
 
 
-def test_a_cell_the_other_commit_made_on_this_kind_of_machine_is_checked_first(tmp_path, tiny_imagefolder, monkeypatch):
+def test_a_cell_the_other_commit_made_on_this_kind_of_machine_is_checked_first(store, tmp_path, monkeypatch):
     """Seed 0 was trained on another kind of machine (so retraining it here proves nothing): the
     runner checks on seed 1 first, then copies seed 0 too."""
-    commit = [OLD]
-    monkeypatch.setattr(runner, "git_commit", lambda: commit[0])
-    monkeypatch.setenv("ALEXNET_THREADS", "1")
-    ex = load_experiments(REPO / "experiments.yaml")
-    data = runner.load_data(ex.profile("smoke"), str(tiny_imagefolder), str(tmp_path / "cache"), workers=1)
-    tracker = MlflowTracker("shared", f"sqlite:///{tmp_path}/mlflow.db", system_metrics=False)
+    ex, data, tracker, commit = store
     kind = runtime.cpu_kind()
     with monkeypatch.context() as m:
         m.setattr(runtime, "cpu_kind", lambda: "ANOTHER_KIND")
