@@ -209,7 +209,7 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
     commit = git_commit()
     if reuse_commit and reuse and not rerun:   # one cell a variant checks first whether reusing is safe
         todo = samecode.probes_first(todo, tracker, tracker.records(grid), commit, reuse_commit,
-                                     str(resolve_device(device)))
+                                     str(resolve_device(device)), runtime.set_threads())
     if storage:
         from .queue import CellQueue, study_name
         source = CellQueue(storage, study_name(experiment or tracker.experiment, grid, profile,
@@ -257,7 +257,8 @@ def run_grid(experiments: Experiments, grid: str, profile: str, seeds: int, trac
                             proof = samecode.verified_by(records, cell.variant.name, commit, reuse_commit)
                             if older is not None and proof:
                                 same, older = older, None
-                            elif older is not None and not samecode.comparable(older, str(resolve_device(device))):
+                            elif older is not None and not samecode.comparable(
+                                    older, str(resolve_device(device)), runtime.set_threads()):
                                 older = None   # made on another kind of machine: training here cannot reproduce it
                         if copied := same is not None:
                             result = copy_cell(grid, cell, cells[0].variant.name, profile, commit, tracker,
@@ -358,7 +359,7 @@ def train_cell(grid: str, cell: Cell, base: str, profile: str, commit: str, trac
     tags = cell_tags(grid, cell, base, profile, commit)
     dataset = dataset_input(cell, data)
     params = {**child_params(cfg, data), "device": str(resolve_device(device)), "cpu": runtime.cpu_kind(),
-              "processes": distributed.size(),
+              "threads": runtime.set_threads(), "processes": distributed.size(),
               "input": stream.resolve(cfg.profile.input, data.train.images, resolve_device(device))}
     with tracker.child(cell.name, params, tags, dataset, resume=resume) as run:
         if not resume:

@@ -4,7 +4,9 @@ A grid run with `--reuse-commit C` may copy cells that commit C FINISHED (in any
 experiment) instead of training them again, but only for a variant whose arithmetic this commit
 has reproduced: the first cell of the variant that C trained on this kind of machine is trained
 first, again, here, and its every logged epoch (train loss, centre and 10-crop errors) compared, bit for
-bit, with C's run. Equal: the run is tagged `matches_commit` / `matches_run`, and the variant's
+bit, with C's run. "This kind of machine" is the device, the CPU's instruction set and the
+number of intra-op threads (the run param `threads`; runs logged before it was recorded are
+taken as candidates): the threads decide the order of the float sums. Equal: the run is tagged `matches_commit` / `matches_run`, and the variant's
 other cells are copied from C's runs (tags `git_commit` C, `copied_at_commit`, `verified_by`).
 Not equal (other code, or another thread count): tagged `differs_from_run` with the metrics that
 differ, and the next cell of the variant is tried the same way; until one matches, every cell is
@@ -26,7 +28,7 @@ def verified_by(records: list, variant: str, commit: str, other: str) -> str | N
                  and r.tags.get("matches_commit") == other), None)
 
 
-def probes_first(todo: list, tracker, records: list, commit: str, other: str, device: str) -> list:
+def probes_first(todo: list, tracker, records: list, commit: str, other: str, device: str, threads: int) -> list:
     """`todo` with, for each variant not yet verified, the first cell whose `other` run was made on
     this kind of machine moved to the front: a machine of another kind than the one that trained
     the first seeds checks (and then copies) as early as one that trained them."""
@@ -36,16 +38,17 @@ def probes_first(todo: list, tracker, records: list, commit: str, other: str, de
         if variant in seen or verified_by(records, variant, commit, other):
             continue
         older = tracker.find_finished(cell.config.hash(), other)
-        if older is not None and comparable(older, device):
+        if older is not None and comparable(older, device, threads):
             probes.append(cell)
             seen.add(variant)
     return probes + [c for c in todo if c not in probes]
 
 
-def comparable(older, device: str) -> bool:
-    """Whether `older` (a RunRecord) was trained on this kind of machine: only then can retraining
-    its cell here reproduce its numbers."""
-    return older.params.get("device") == device and older.params.get("cpu") == runtime.cpu_kind()
+def comparable(older, device: str, threads: int) -> bool:
+    """Whether `older` (a RunRecord) was trained on this kind of machine with `threads` intra-op
+    threads: only then can retraining its cell here reproduce its numbers."""
+    return (older.params.get("device") == device and older.params.get("cpu") == runtime.cpu_kind()
+            and older.params.get("threads", str(threads)) == str(threads))
 
 
 def differing(tracker, run_id: str, older_id: str) -> list[str]:

@@ -92,6 +92,22 @@ def test_a_cell_the_other_commit_made_on_this_kind_of_machine_is_checked_first(s
     assert out.copied == ["baseline/seed0"] and len(out.ran) == 7
 
 
+def test_a_cell_the_other_commit_made_with_other_threads_is_not_the_check(store, tmp_path, monkeypatch):
+    """The thread count orders the float sums: seed 0 made with 2 threads cannot be reproduced by a
+    1-thread runner, so the check is seed 1 (made with 1), logged as the run param `threads`."""
+    ex, data, tracker, commit = store
+    with monkeypatch.context() as m:
+        m.setenv("ALEXNET_THREADS", "2")
+        grid(ex, data, tracker, "seed", tmp_path, seeds=1)
+    grid(ex, data, tracker, "seed", tmp_path, seeds=1, first_seed=1)
+    assert {r.name: r.params["threads"] for r in by_name(tracker, "seed").values()} == {
+        "baseline/seed0": "2", "seed/seed0": "2", "baseline/seed1": "1", "seed/seed1": "1"}
+    commit[0] = NEW
+    out = grid(ex, data, tracker, "claims", tmp_path, reuse_commit=OLD)
+    assert out.ran[0] == "baseline/seed1" and out.matched == ["baseline/seed1"] and not out.unmatched
+    assert out.copied == ["baseline/seed0"] and len(out.ran) == 7
+
+
 def test_a_commit_that_trains_differently_copies_nothing(setup, tmp_path, monkeypatch):
     ex, data, tracker = setup
     step = core.engine.train_step
