@@ -90,7 +90,8 @@ def load(tracker, grid: str, profile: str | None = None, commit: str | None = No
     cells = [r for r in cells if r.tags.get("profile") == profile]
     if not cells:
         raise ReportError(f"no runs of grid {grid!r} on profile {profile!r}")
-    same_as = equivalents(cells)   # another commit's runs, copied once this grid's commit reproduced them
+    same_code = equivalents(cells)   # another commit's runs, copied once this grid's commit reproduced them
+    same_as = {c: x for c, (x, _) in same_code.items()}
     code = lambda r: same_as.get(r.tags.get("git_commit", "?"), r.tags.get("git_commit", "?"))
     group = lambda r: (r.tags.get("git_commit", "?"), r.params.get("precision", "?"))
     groups = dict(Counter(group(r) for r in cells if r.status == "FINISHED"))
@@ -125,8 +126,7 @@ def load(tracker, grid: str, profile: str | None = None, commit: str | None = No
                    stopped=[r for r in cells if r.status in ("FAILED", "KILLED")],
                    duplicates=duplicates, superseded=superseded, groups=groups,
                    pooled=pool and len(paired) > 1,
-                   same_code={c: (x, sorted(r.name for r in cells if r.status == "FINISHED"
-                                            and r.tags.get("matches_commit") == c)) for c, x in same_as.items()})
+                   same_code=same_code)
     rows = []
     for (variant, seed), r in latest.items():
         hist = {k: tracker.history(r.run_id, k) for k in ("val_top1_err", "lr")}

@@ -70,7 +70,10 @@ def verdict_tags(tracker, run_id: str, older) -> dict[str, str]:
     return {"matches_commit": other, "matches_run": older.run_id}
 
 
-def equivalents(cells: list) -> dict[str, str]:
-    """commit -> the commit its runs were shown to equal (a FINISHED run tagged matches_commit)."""
-    return {r.tags["matches_commit"]: r.tags.get("git_commit", "?") for r in cells
-            if r.status == "FINISHED" and r.tags.get("matches_commit")}
+def equivalents(cells: list) -> dict[str, tuple[str, list[str]]]:
+    """commit -> (the commit its runs were shown to equal, the names of the FINISHED runs tagged matches_commit)."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    for r in cells:
+        if r.status == "FINISHED" and r.tags.get("matches_commit"):
+            out.setdefault(r.tags["matches_commit"], (r.tags.get("git_commit", "?"), []))[1].append(r.name)
+    return {c: (x, sorted(names)) for c, (x, names) in out.items()}
