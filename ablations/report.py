@@ -2,7 +2,7 @@
 through ablations/runs.py.
 
 Sections: header (profile, data, seeds, commit, precision, completeness: missing cells, runs still
-RUNNING, failed runs, duplicates); outcomes per variant (learned k/n with a Clopper-Pearson
+RUNNING; the runs left out: failed runs, duplicates); outcomes per variant (learned k/n with a Clopper-Pearson
 interval, late starts); results over learned runs; the primary analysis (ablations/stats.py) with
 its sensitivity check; secondary metrics, described; the paper's claims on the same intervals;
 factorial effects where the grid is a two-level design; what each design's intervals cost in runs;
@@ -115,7 +115,7 @@ def header(g: GridRuns, tracker, command: str) -> str:
              f"([runs table]({tracker.run_url()}), [every cell's validation curve]"
              f"({tracker.curves_url(list(g.cells['run_id']))})); run ids of every number at the end",
              f"- **Report generated** {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"]
-    incomplete = []
+    incomplete, left_out = [], []   # cells the grid lacks; runs of finished cells it does not use
     if g.missing:
         shown = ", ".join(f"`{m}`" for m in g.missing[:12]) + (f" and {len(g.missing) - 12} more" if len(g.missing) > 12 else "")
         incomplete.append(f"- **Missing cells** ({len(g.missing)}): {shown}")
@@ -124,18 +124,22 @@ def header(g: GridRuns, tracker, command: str) -> str:
     if g.running:
         incomplete.append(f"- **Still RUNNING** ({len(g.running)}): " + ", ".join(f"`{r.name}` ({r.run_id})" for r in g.running))
     if g.orphaned:
-        incomplete.append(f"- **RUNNING, though the cell has a FINISHED run** ({len(g.orphaned)}, not used; left by a "
-                          "process that died, which the next `run_ablation.py` of this grid ends KILLED, or a `--rerun` "
-                          "in progress): " + ", ".join(f"`{r.name}` ({r.run_id})" for r in g.orphaned))
+        left_out.append(f"- **RUNNING, though the cell has a FINISHED run** ({len(g.orphaned)}, not used; left by a "
+                        "process that died, which the next `run_ablation.py` of this grid ends KILLED, or a `--rerun` "
+                        "in progress): " + ", ".join(f"`{r.name}` ({r.run_id})" for r in g.orphaned))
     if g.stopped:
-        incomplete.append(f"- **FAILED or KILLED runs** ({len(g.stopped)}, not used): "
-                          + ", ".join(f"`{r.name}` {r.status}" for r in g.stopped[:10]))
+        left_out.append(f"- **FAILED or KILLED runs** ({len(g.stopped)}, not used): "
+                        + ", ".join(f"`{r.name}` {r.status}" for r in g.stopped[:10]))
     for h, used, others in g.duplicates:
-        incomplete.append(f"- **Duplicate FINISHED runs** of config_hash `{h}`: used `{used}` (the latest), "
-                          f"left out {', '.join(f'`{o}`' for o in others)}")
+        left_out.append(f"- **Duplicate FINISHED runs** of config_hash `{h}`: used `{used}` (the latest), "
+                        f"left out {', '.join(f'`{o}`' for o in others)}")
     if g.superseded:
-        incomplete.append(f"- {g.superseded} older run(s) of a variant and seed under another config left out")
-    lines += (["", "**This grid is incomplete:**", ""] + incomplete) if incomplete else ["- **Complete**: every cell of every seed finished once"]
+        left_out.append(f"- {g.superseded} older run(s) of a variant and seed under another config left out")
+    if incomplete:
+        lines += ["", "**This grid is incomplete:**", ""] + incomplete + left_out
+    else:
+        lines += ["- **Complete**: every cell of every seed has a finished run"]
+        lines += (["", "**Runs left out** (their cells have finished runs):", ""] + left_out) if left_out else []
     cmds = list(dict.fromkeys(r.tags["command"] for r in g.parents if r.tags.get("command")))
     lines += ["", "Commands that made it:", "", "```"] + cmds + [command, "```", "",
               "> Errors in %, on the val split (Imagenette has no separate test split). Imagenette (10 classes) at "

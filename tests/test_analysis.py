@@ -208,6 +208,20 @@ def test_report_lists_what_is_missing_running_and_duplicated(tmp_path):
     assert power == pytest.approx(0.8, abs=1e-3)
 
 
+def test_a_finished_grid_with_unused_runs_is_complete(tmp_path):
+    """A KILLED run whose cell was trained again is listed as left out, not as a gap in the grid."""
+    tracker = one_at_a_time(seeds=5, late_seeds=())
+    add_run(tracker, "dev", "lrn=false", 2, {"lrn": False}, 0.4, status="KILLED", config_hash="lrn=false-2")
+    md, _, _ = report.build(tracker, "dev", tmp_path / "r.md")
+    assert "incomplete" not in md and "**Complete**: every cell of every seed has a finished run" in md
+    assert "**Runs left out** (their cells have finished runs):" in md
+    assert "FAILED or KILLED runs** (1, not used): `lrn=false/seed2` KILLED" in md
+    add_run(tracker, "dev", "lrn=false", 5, {"lrn": False}, 0.4, status="RUNNING")   # a cell not yet finished
+    md, _, _ = report.build(tracker, "dev", tmp_path / "r.md")
+    assert "**This grid is incomplete:**" in md and "**Complete**" not in md and "Runs left out" not in md
+    assert "Still RUNNING** (1)" in md and "FAILED or KILLED runs** (1, not used)" in md
+
+
 def test_detectable_from_a_main_effects_interval():
     """(z + z_power) standard errors: at that true effect, an estimate with that SE excludes 0 from
     its 95% interval with probability 0.8 (simulated)."""
