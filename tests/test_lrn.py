@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -128,6 +129,46 @@ def test_fused_and_plain_kernels_agree(monkeypatch, shape, channels_last):
     torch.testing.assert_close(results["fused"][0].double(), lrn_reference(a.double()), rtol=1e-5, atol=1e-5)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     assert results["fused"][0].is_contiguous(memory_format=fmt)
+
+
+def float32_in_kernel_order(x, g, size, alpha, k):
+    """The paper's formula (beta 0.75) on [pixels, channels] float32 arrays, each operation rounded
+    as the C loops round it: squares, window sums in increasing channel order (0 outside the pixel),
+    d^-0.75 as 1 / sqrt(d * sqrt(d)), no fused multiply-adds. Returns (output, input gradient)."""
+    f = np.float32
+    c, before = x.shape[1], size // 2
+
+    def window(v, first):   # sum over channels i - first .. i - first + size - 1
+        padded = np.pad(v, ((0, 0), (first, size - 1 - first)))
+        s = padded[:, 0:c]
+        for j in range(1, size):
+            s = s + padded[:, j:j + c]
+        return s
+
+    d = f(k) + f(alpha) * window(x * x, before)
+    scale = f(1) / np.sqrt(d * np.sqrt(d))
+    t = g * x * scale / d
+    coef = f(2) * f(alpha) * f(0.75)
+    return x * scale, g * scale - coef * x * window(t, size - 1 - before)
+
+
+@pytest.mark.parametrize("shape,size", [((3, 24, 7, 7), 5), ((2, 64, 5, 3), 5), ((2, 300, 2, 2), 5),
+                                        ((2, 3, 4, 4), 5), ((2, 9, 3, 3), 7), ((1, 12, 3, 3), 4)])
+def test_fused_kernels_round_as_float32_in_their_order(monkeypatch, shape, size):
+    """Bit for bit: the C loops give the formula's float32 values in their order of operations, for
+    channel counts that fill the loops' blocks of pixels unevenly, exceed a block, or are fewer than
+    the window, and for other windows; so every machine's build computes the same floats."""
+    monkeypatch.setenv("ALEXNET_LRN_KERNEL", "fused")
+    a = realistic(shape, torch.float32, seed=12).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(13)).contiguous(memory_format=torch.channels_last)
+    x = a.clone().requires_grad_(True)
+    out = lrn(x, size, 1e-3, 0.75, 2.0)
+    out.backward(g)
+    assert not KERNEL.failed
+    as_rows = lambda t: t.detach().permute(0, 2, 3, 1).reshape(-1, shape[1]).numpy()
+    want_out, want_grad = float32_in_kernel_order(as_rows(a), as_rows(g), size, 1e-3, 2.0)
+    assert np.array_equal(as_rows(out), want_out)
+    assert np.array_equal(as_rows(x.grad), want_grad)
 
 
 def test_fused_kernels_other_window_and_power(monkeypatch):
