@@ -9,8 +9,10 @@ rsqrt(d * sqrt(d)), and the backward is
 
     dL/da_i = g_i * d_i^-beta  -  2 * alpha * beta * a_i * sum_{j : i in W(j)} g_j * a_j * d_j^(-beta-1)
 
-On the CPU, float32 activations run through hand-written C loops (core/lrn.c: one pass over each
-tensor, forward and backward, with d recomputed in the backward from the input instead of stored),
+On the CPU, float32 activations run through hand-written C loops (core/lrn.c: blocks of whole
+pixels, each step one long vectorised loop; the forward keeps d^-beta for the backward, which
+recomputes d (additions only) from the input; the same floats as the formula evaluated in float32 in
+that order),
 built once per machine by the system C compiler (core/native.py). Everything else (GPUs, float64,
 inside a torch.compile'd model, or a machine without a C compiler) uses the plain ops above, which
 compute the same formula. $ALEXNET_LRN_KERNEL picks: auto (default: the C loops on the CPU),
@@ -72,8 +74,8 @@ def kernel_choice() -> str:
 
 _I64, _F32, _PTR = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
 _LIB = native.Library("lrn.c", {
-    "lrn_forward": ([_PTR, _PTR, _I64, _I64, _I64, _I64, _F32, _F32, _F32, ctypes.c_int], ctypes.c_int),
-    "lrn_backward": ([_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _F32, _F32, _F32, ctypes.c_int], ctypes.c_int),
+    "lrn_forward": ([_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _F32, _F32, _F32, ctypes.c_int], ctypes.c_int),
+    "lrn_backward": ([_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _F32, _F32, _F32, ctypes.c_int], ctypes.c_int),
 }, "LRN", "Set ALEXNET_LRN_KERNEL=eager to skip the attempt.")
 
 
@@ -102,14 +104,14 @@ class _Kernels:
         return _LIB.get()
 
 
-def native_call(fn, *inputs: torch.Tensor, scalars: tuple) -> torch.Tensor:
+def native_call(fn, *inputs: torch.Tensor, scalars: tuple, outputs: int = 1) -> list[torch.Tensor]:
     """One C kernel over channels_last float32 inputs (each pixel's channels contiguous); returns
-    its output, channels_last."""
-    out = torch.empty_like(inputs[0], memory_format=torch.channels_last)
-    n, c, h, w = out.shape
-    if fn(*(t.data_ptr() for t in inputs), out.data_ptr(), n * h * w, c, *scalars, torch.get_num_threads()):
+    its `outputs` output tensors, channels_last."""
+    outs = [torch.empty_like(inputs[0], memory_format=torch.channels_last) for _ in range(outputs)]
+    n, c, h, w = outs[0].shape
+    if fn(*(t.data_ptr() for t in (*inputs, *outs)), n * h * w, c, *scalars, torch.get_num_threads()):
         raise MemoryError("LRN: the C kernel could not allocate its per-thread buffer")
-    return out
+    return outs
 
 
 KERNEL = _Kernels()
@@ -136,10 +138,10 @@ class _LRNFunction(torch.autograd.Function):
             lib = KERNEL.native(x)
             if lib is not None:
                 x = x.contiguous(memory_format=torch.channels_last)
-                out = native_call(lib.lrn_forward, x, scalars=(size, size // 2, alpha, beta, k))
+                out, scale = native_call(lib.lrn_forward, x, scalars=(size, size // 2, alpha, beta, k), outputs=2)
                 if not a.is_contiguous(memory_format=torch.channels_last):   # give back the input's layout
                     out = out.contiguous()
-                ctx.save_for_backward(x)
+                ctx.save_for_backward(x, scale)
             else:
                 out, scale, b_over_d = lrn_forward(x, size, alpha, beta, k)
                 ctx.save_for_backward(x, scale, b_over_d)
@@ -151,10 +153,10 @@ class _LRNFunction(torch.autograd.Function):
     def backward(ctx, g):
         with torch.autocast(g.device.type, enabled=False):
             if ctx.native:
-                (x,) = ctx.saved_tensors
+                x, scale = ctx.saved_tensors
                 g = g.to(x.dtype).contiguous(memory_format=torch.channels_last)
-                grad = native_call(KERNEL.lib.lrn_backward, g, x,
-                                   scalars=(ctx.size, ctx.size // 2, ctx.alpha, ctx.beta, ctx.k))
+                (grad,) = native_call(KERNEL.lib.lrn_backward, g, x, scale,
+                                      scalars=(ctx.size, ctx.size // 2, ctx.alpha, ctx.beta, ctx.k))
             else:
                 x, scale, b_over_d = ctx.saved_tensors
                 grad = lrn_backward(g.to(x.dtype), x, scale, b_over_d, ctx.size, 2.0 * ctx.alpha * ctx.beta)

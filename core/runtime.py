@@ -48,7 +48,9 @@ def check_environment() -> None:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes bf16 matmuls natively: CUDA with bf16 support, or a CPU with
-    AVX-512 BF16 or AMX as torch reports it (elsewhere bf16 autocast is emulated: ~12x slower)."""
+    AVX-512 BF16 or AMX as torch reports it. Elsewhere bf16 autocast is emulated: ~12x slower than
+    fp32 on AVX2, ~3x on AVX-512 without BF16 (results/bench-*.txt), although oneDNN reports bf16
+    support there (torch.ops.mkldnn._is_mkldnn_bf16_supported()), so that is not the test."""
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
