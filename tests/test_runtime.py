@@ -92,3 +92,18 @@ def test_compiled_prints_no_cuda_home_warning_on_a_cpu():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0 and res.stdout.strip() == "4", res.stderr[-2000:]
     assert "CUDA_HOME" not in res.stderr, res.stderr[-2000:]
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    """AMX and AVX-512 BF16 compute bf16 matmuls; AVX-512 without BF16 and AVX2 emulate them
+    (oneDNN still reports bf16 support on AVX-512), so `auto` gives fp32 there; forced values stay."""
+    cpu = torch.device("cpu")
+    for kind, want in (("AMX", "bf16"), ("AVX512_BF16", "bf16"), ("AVX512", "fp32"), ("AVX2", "fp32"),
+                       ("DEFAULT", "fp32")):
+        monkeypatch.setattr(runtime, "cpu_kind", lambda kind=kind: kind)
+        assert runtime.resolve_precision("auto", cpu) == want, kind
+        assert runtime.resolve_precision("fp32", cpu) == "fp32" and runtime.resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.undo()
+    features = torch._C._cpu._get_cpu_capability()
+    native = bool(features.get("amx_bf16") or features.get("avx512_bf16"))
+    assert runtime.resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
