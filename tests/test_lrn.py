@@ -157,7 +157,7 @@ def float32_in_kernel_order(x, g, size, alpha, k):
 def test_fused_kernels_round_as_float32_in_their_order(monkeypatch, shape, size):
     """Bit for bit: the C loops give the formula's float32 values in their order of operations, for
     channel counts that fill the loops' blocks of pixels unevenly, exceed a block, or are fewer than
-    the window, and for other windows; so every machine's build computes the same floats."""
+    the window, and for other windows; a build that passes it on any machine computes these floats."""
     monkeypatch.setenv("ALEXNET_LRN_KERNEL", "fused")
     a = realistic(shape, torch.float32, seed=12).contiguous(memory_format=torch.channels_last)
     g = torch.randn(shape, generator=torch.Generator().manual_seed(13)).contiguous(memory_format=torch.channels_last)
